@@ -1,0 +1,1 @@
+"""Losses that remedy imbalance, exact to their papers (see shared/SPEC.md sections 1 and 2)."""
