@@ -12,7 +12,9 @@ with one warning if compilation fails; ``"always"`` lets a compilation error pro
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
 import shutil
 import sysconfig
@@ -59,6 +61,18 @@ def can_compile(device_type: str) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _quiet_cpp_extension():
+    """Silence torch's "No CUDA runtime is found" notice, printed when a CUDA build compiles CPU code."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class FusedKernel:
     """A tensor function that runs compiled when the policy and the device allow it."""
 
@@ -82,9 +96,11 @@ class FusedKernel:
         if self._compiled is None:
             self._compiled = torch.compile(self.eager, dynamic=True, fullgraph=True)
         if _mode == "always":
-            return self._compiled(*args, **kwargs)
+            with _quiet_cpp_extension():
+                return self._compiled(*args, **kwargs)
         try:
-            return self._compiled(*args, **kwargs)
+            with _quiet_cpp_extension():
+                return self._compiled(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - any compiler failure falls back to the same math
             self._broken = True
             warnings.warn(

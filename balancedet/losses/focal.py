@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from balancedet.losses.checks import check_float, check_labels, check_range, shape_str
-from balancedet.losses.reduce import check_reduction, expand_weight, reduction_scale, weight_reduce_loss
+from balancedet.losses.reduce import check_reduction, expand_weight, scale_tensor, weight_reduce_loss
 from balancedet.losses.sigmoid_terms import (
     negative_focal_terms,
     negative_kernel,
@@ -173,7 +173,7 @@ def sigmoid_focal_loss(
 def _run_fused(logits, labels, soft, w, alpha, gamma, reduction, avg_factor) -> Tensor:
     reduce = reduction != "none"
     cdtype = upcast(logits).dtype
-    scale = torch.as_tensor(reduction_scale(logits.numel(), reduction, avg_factor), dtype=cdtype, device=logits.device)
+    scale = scale_tensor(logits.numel(), reduction, avg_factor, cdtype, logits.device)
     if w is not None:
         w = w.to(cdtype)
     if torch.is_grad_enabled() and logits.requires_grad:

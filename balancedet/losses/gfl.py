@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from balancedet.losses.checks import check_finite, check_float, check_labels, check_range, shape_str
-from balancedet.losses.reduce import check_reduction, expand_weight, reduction_scale, weight_reduce_loss
+from balancedet.losses.reduce import check_reduction, expand_weight, scale_tensor, weight_reduce_loss
 from balancedet.losses.sigmoid_terms import (
     negative_focal_terms,
     negative_kernel,
@@ -127,7 +127,7 @@ def quality_focal_loss(
             return _reference_quality(logits, labels, scores, beta, weight, reduction, avg_factor)
         w = w.to(cdtype)
     reduce = reduction != "none"
-    scale = torch.as_tensor(reduction_scale(logits.numel(), reduction, avg_factor), dtype=cdtype, device=logits.device)
+    scale = scale_tensor(logits.numel(), reduction, avg_factor, cdtype, logits.device)
     scores = scores.detach()
     if torch.is_grad_enabled() and logits.requires_grad:
         return _FusedQuality.apply(logits, labels, scores, w, scale, float(beta), reduce)
@@ -214,7 +214,7 @@ def distribution_focal_loss(
             1, (left + 1).unsqueeze(1)
         ).squeeze(1)
         return weight_reduce_loss(loss, weight, reduction, avg_factor)
-    scale = torch.as_tensor(reduction_scale(n, reduction, avg_factor), dtype=cdtype, device=logits.device)
+    scale = scale_tensor(n, reduction, avg_factor, cdtype, logits.device)
     coef = scale.expand(n) if w is None else w.to(cdtype) * scale
     return _FusedDistribution.apply(logits, left, w_left, w_right, coef, reduction != "none")
 

@@ -55,6 +55,19 @@ def reduction_scale(numel: int, reduction: str, avg_factor: float | Tensor | Non
     return 1.0 / avg_factor
 
 
+def scale_tensor(
+    numel: int, reduction: str, avg_factor: float | Tensor | None, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """``reduction_scale`` as a 0-dim tensor on ``device``, made without a host-to-device copy.
+
+    Fused kernels take it as a tensor so that a new batch size or number of positives does not
+    trigger a recompilation.
+    """
+    if isinstance(avg_factor, Tensor) and reduction == "mean":
+        return (1.0 / avg_factor.to(device=device, dtype=dtype)).reshape(())
+    return torch.full((), reduction_scale(numel, reduction, avg_factor), dtype=dtype, device=device)
+
+
 def weight_reduce_loss(
     loss: Tensor,
     weight: Tensor | None = None,

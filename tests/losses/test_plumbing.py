@@ -1,0 +1,71 @@
+"""The shared conventions: reduction helper, value-check policy, compile fallback."""
+
+import pytest
+import torch
+
+from balancedet.losses import backend, checks
+from balancedet.losses.reduce import expand_weight, weight_reduce_loss
+
+
+def test_weight_reduce_loss():
+    loss = torch.arange(6.0).view(3, 2)
+    w = torch.tensor([1.0, 0.0, 2.0])
+    assert weight_reduce_loss(loss, w, "sum").item() == 0 + 1 + 2 * (4 + 5)
+    assert weight_reduce_loss(loss, w, "mean").item() == pytest.approx(19 / 6)
+    assert weight_reduce_loss(loss, w, "mean", avg_factor=2.0).item() == pytest.approx(9.5)
+    assert weight_reduce_loss(loss, w, "none").tolist() == [[0, 1], [0, 0], [8, 10]]
+    assert weight_reduce_loss(torch.zeros(0, 2), None, "mean").item() == 0.0
+    with pytest.raises(ValueError, match="avg_factor"):
+        weight_reduce_loss(loss, None, "none", avg_factor=2.0)
+    with pytest.raises(ValueError, match="avg_factor"):
+        weight_reduce_loss(loss, None, "mean", avg_factor=0.0)
+    with pytest.raises(ValueError, match=r"weight.*\(3, 2\).*\(2,\)"):
+        expand_weight(torch.ones(2), torch.Size((3, 2)))
+
+
+def test_value_check_policy():
+    labels = torch.tensor([0, 5])
+    with pytest.raises(ValueError, match="labels"):
+        checks.check_labels("labels", labels, 2, 0, 3)
+    checks.set_value_checks("never")
+    try:
+        checks.check_labels("labels", labels, 2, 0, 3)  # skipped by policy
+        with pytest.raises(ValueError, match=r"labels must have shape \(3,\)"):
+            checks.check_labels("labels", labels, 3, 0, 3)  # shape checks always run
+    finally:
+        checks.set_value_checks("auto")
+    with pytest.raises(ValueError, match="policy"):
+        checks.set_value_checks("sometimes")
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
+    calls = []
+
+    def kernel(x):
+        calls.append(1)
+        return x * 2
+
+    fused = backend.FusedKernel(kernel)
+
+    def broken_compile(fn, **kwargs):
+        def run(*args, **kw):
+            raise RuntimeError("no compiler here")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(backend, "can_compile", lambda device_type: True)
+    monkeypatch.setattr(backend, "_mode", "auto")
+    with pytest.warns(RuntimeWarning, match="no compiler here"):
+        assert fused(torch.ones(2)).tolist() == [2.0, 2.0]
+    assert fused(torch.ones(2)).tolist() == [2.0, 2.0]  # second call: eager, no new warning
+    assert len(calls) == 2
+    monkeypatch.setattr(backend, "_mode", "always")
+    fused_always = backend.FusedKernel(kernel)
+    with pytest.raises(RuntimeError, match="no compiler here"):
+        fused_always(torch.ones(2))
+
+
+def test_set_compile_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="compile mode"):
+        backend.set_compile("sometimes")
