@@ -5,6 +5,7 @@ Every function takes ``weight=None``, ``reduction="mean" | "sum" | "none"`` and 
 """
 
 from balancedet.losses.backend import set_compile
+from balancedet.losses.balanced_l1 import BalancedL1Loss, balanced_l1_loss
 from balancedet.losses.checks import set_value_checks
 from balancedet.losses.cross_entropy import (
     BinaryCrossEntropyLoss,
@@ -28,9 +29,26 @@ from balancedet.losses.gfl import (
     generalized_focal_loss,
     quality_focal_loss,
 )
+from balancedet.losses.ghm import GHMC, GHMR, ghm_c_loss, ghm_r_loss
+from balancedet.losses.iou import GIoULoss, IoULoss, giou_loss, iou_loss
 from balancedet.losses.reduce import weight_reduce_loss
+from balancedet.losses.smooth_l1 import L1Loss, SmoothL1Loss, l1_loss, smooth_l1_loss
 
 __all__ = [
+    "GHMC",
+    "GHMR",
+    "BalancedL1Loss",
+    "GIoULoss",
+    "IoULoss",
+    "L1Loss",
+    "SmoothL1Loss",
+    "balanced_l1_loss",
+    "ghm_c_loss",
+    "ghm_r_loss",
+    "giou_loss",
+    "iou_loss",
+    "l1_loss",
+    "smooth_l1_loss",
     "BinaryCrossEntropyLoss",
     "CrossEntropyLoss",
     "DistributionFocalLoss",

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``balancedet bench``: our implementations against a named baseline, in one run."""

@@ -1,0 +1,476 @@
+"""Gradient Harmonizing Mechanism: GHM-C and GHM-R (Li, Liu, Wang, AAAI 2019, arXiv 1811.05181).
+
+The gradient norm of an element is ``g = |p - y|`` for the sigmoid cross entropy (eq. 4) and
+``g = |d| / sqrt(d^2 + mu^2)`` for the authentic smooth L1 ``ASL1(d) = sqrt(d^2 + mu^2) - mu``
+(eqs. 12-14). ``[0, 1]`` is cut into ``M`` equal bins (the top edge nudged so that ``g = 1`` falls
+in the last) and the gradient density of an element in bin ``j`` is ``GD = R_j * M`` (eq. 6 with the
+unit-region approximation of sec. 3.3), ``R_j`` being the number of valid elements in the bin. Each
+element's loss is weighted by ``beta = N / GD`` (eq. 7); as in the authors' code ``M`` is replaced by
+the number of non-empty bins, so the weight is ``N_valid / (R_j * n_nonempty)`` and the weighted sum
+is divided by ``N_valid`` (eqs. 8 and 15):
+
+    ``L = loss_weight * sum_i BCE_i * N_valid / (R_{b(i)} * n_nonempty) / N_valid``.
+
+With momentum ``m > 0`` (sec. 3.3, "EMA") ``R_j`` is replaced by the running
+``S_j = m S_j + (1 - m) R_j``, updated for every bin once per training step, and bias-corrected
+like Adam's moments: ``S_hat_j = S_j / (1 - m^t)`` after ``t`` updates.
+
+What differs from mmdetection's ``GHMC`` / ``GHMR`` (see shared/SPEC.md section 6):
+
+- one vectorised pass: a bin index per element in a small integer dtype, one ``bincount``
+  (``index_add_`` on accelerators, where ``bincount`` synchronises), a ``(M + 1,)`` weight table,
+  then one fused pass computing the weighted loss and its gradient; no Python loop over bins and
+  no host synchronisation. Integer labels never become a one-hot tensor: the ``N x C`` passes treat
+  every element as a negative and the ``N`` positive entries are patched with gathers/scatters;
+- every bin's running average is updated each step and bias-corrected (mmdetection updates only
+  the non-empty bins and starts from zero without correction, so its first weights are
+  ``1 / (1 - m)`` times too large);
+- the caller passes all FPN levels at once, so there is one histogram per step, and with a
+  ``process_group`` the per-bin counts are summed across processes before the weights are made.
+
+Ignored elements (``valid == 0``) get the extra bin index ``M``, whose weight is 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from balancedet.losses.backend import fused_kernel
+from balancedet.losses.checks import check_finite, check_float, check_labels, check_range, shape_str
+from balancedet.losses.sigmoid_terms import upcast
+
+__all__ = ["GHMC", "GHMR", "ghm_c_loss", "ghm_r_loss"]
+
+
+# ---- binning ------------------------------------------------------------------------------------
+
+
+def _index_dtype(bins: int) -> torch.dtype:
+    """Bin indices 0..bins (``bins`` = ignored) fit a byte for up to 254 bins."""
+    return torch.uint8 if bins < 255 else torch.int32
+
+
+def _bin_index(g: Tensor, valid: Tensor | None, bins: int, dtype: torch.dtype) -> Tensor:
+    """``min(floor(g * M), M - 1)`` for ``g`` in [0, 1] (so ``g = 1`` lands in the last bin), ``M`` where invalid.
+
+    The clamp comes after the integer conversion so that a NaN gradient norm (NaN logits) still
+    yields an index inside the table.
+    """
+    idx = (g * bins).to(dtype).clamp(max=bins - 1)
+    if valid is not None:
+        idx = torch.where(valid != 0, idx, bins)
+    return idx
+
+
+def _bin_counts(idx: Tensor, bins: int) -> Tensor:
+    """``(M + 1,)`` int64 histogram of the bin indices (the last entry counts ignored elements)."""
+    flat = idx.reshape(-1)
+    if flat.device.type == "cpu":
+        return torch.bincount(flat, minlength=bins + 1)
+    # bincount synchronises on accelerators (it reads the maximum to size its output).
+    counts = torch.zeros(bins + 1, dtype=torch.int64, device=flat.device)
+    return counts.index_add_(0, flat.int(), torch.ones((), dtype=torch.int64, device=flat.device).expand(flat.numel()))
+
+
+def _gather_table(table: Tensor, idx: Tensor) -> Tensor:
+    """``table[idx]`` for a small-integer ``idx`` (index_select takes int32, cheaper than an int64 copy)."""
+    return table.index_select(0, idx.reshape(-1).int()).view(idx.shape)
+
+
+def _weight_table(
+    counts: Tensor,
+    loss_weight: float,
+    process_group: dist.ProcessGroup | None,
+    running: tuple[Tensor, Tensor, float, bool] | None,
+    dtype: torch.dtype,
+) -> Tensor:
+    """The per-bin factor ``loss_weight * w_j / N_valid`` with ``w_j = N_valid / (R_j * n_nonempty)``.
+
+    ``N_valid`` cancels, so the entry of a non-empty bin is ``loss_weight / (D_j * n_nonempty)`` with
+    ``D_j`` the density estimate (``R_j``, or the bias-corrected running ``S_hat_j``); empty bins and
+    the extra "ignored" bin get 0. ``running`` is ``(S, t, momentum, update)``: the running
+    histogram and step-count buffers, written back only when ``update``. Everything here is a
+    handful of ``(M,)`` device tensors: no host synchronisation.
+    """
+    bins = counts.numel() - 1
+    counts = counts[:bins]
+    if process_group is not None and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=process_group)
+    r = counts.to(torch.float64)
+    density = r
+    if running is not None:
+        acc, step, momentum, update = running
+        t = step + 1
+        blended = momentum * acc.to(torch.float64) + (1.0 - momentum) * r
+        density = blended / (1.0 - momentum ** t.to(torch.float64))
+        if update:
+            acc.copy_(blended)
+            step.copy_(t)
+    filled = r > 0
+    denom = torch.where(filled, density * filled.sum(), 1.0)
+    table = torch.where(filled, loss_weight / denom, 0.0)
+    return torch.cat([table, table.new_zeros(1)]).to(dtype)
+
+
+# ---- GHM-C --------------------------------------------------------------------------------------
+
+
+@fused_kernel
+def _ghmc_bin_kernel(x: Tensor, y: Tensor | None, valid: Tensor | None, bins: int, dtype: torch.dtype) -> Tensor:
+    """Bin index of ``g = |sigmoid(x) - y|`` (``y = 0`` everywhere when ``y`` is None)."""
+    xc = upcast(x)
+    p = torch.sigmoid(xc)
+    g = p if y is None else (p - y.to(xc.dtype)).abs()
+    return _bin_index(g, valid, bins, dtype)
+
+
+@fused_kernel
+def _ghmc_loss_kernel(x: Tensor, y: Tensor | None, idx: Tensor, table: Tensor) -> Tensor:
+    """``sum(table[idx] * BCE(x, y))``.
+
+    ``BCE = max(x, 0) - x y + log1p(exp(-|x|))`` from logits; ``softplus(x)`` when ``y`` is None (``y = 0``).
+    """
+    xc = upcast(x)
+    if y is None:
+        ce = -F.logsigmoid(-xc)
+    else:
+        yc = y.to(xc.dtype)
+        ce = xc.clamp_min(0) - xc * yc - F.logsigmoid(xc.abs())
+    return (_gather_table(table, idx) * ce).sum()
+
+
+@fused_kernel
+def _ghmc_grad_kernel(x: Tensor, y: Tensor | None, idx: Tensor, table: Tensor) -> Tensor:
+    """``table[idx] * (sigmoid(x) - y)`` in the dtype of ``x``."""
+    xc = upcast(x)
+    diff = torch.sigmoid(xc) if y is None else torch.sigmoid(xc) - y.to(xc.dtype)
+    return (_gather_table(table, idx) * diff).to(x.dtype)
+
+
+def _positive_columns(x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows with a foreground label, their label column ``(N, 1)`` and the logit there ``(N,)`` upcast."""
+    fg = labels < x.shape[1]
+    col = labels.clamp(max=x.shape[1] - 1).unsqueeze(1)
+    return fg, col, upcast(x.gather(1, col).squeeze(1))
+
+
+def _ghmc_bins(x: Tensor, labels: Tensor | None, soft: Tensor | None, valid: Tensor | None, bins: int) -> Tensor:
+    idx = _ghmc_bin_kernel(x, soft, valid, bins, _index_dtype(bins))
+    if labels is None or x.numel() == 0:
+        return idx
+    fg, col, xp = _positive_columns(x, labels)
+    vp = None
+    if valid is not None:
+        vp = valid.gather(1, col).squeeze(1) if valid.shape[1] > 1 else valid.squeeze(1)
+    pos = _bin_index((torch.sigmoid(xp) - 1.0).abs(), vp, bins, idx.dtype)
+    idx.scatter_(1, col, torch.where(fg, pos, idx.gather(1, col).squeeze(1)).unsqueeze(1))
+    return idx
+
+
+def _ghmc_loss(x: Tensor, labels: Tensor | None, soft: Tensor | None, idx: Tensor, table: Tensor) -> Tensor:
+    loss = _ghmc_loss_kernel(x, soft, idx, table)
+    if labels is None or x.numel() == 0:
+        return loss
+    # Positives: BCE(x, 1) - BCE(x, 0) = softplus(-x) - softplus(x) = -x at the label column.
+    fg, col, xp = _positive_columns(x, labels)
+    wp = _gather_table(table, idx.gather(1, col).squeeze(1))
+    return loss + torch.where(fg, wp * -xp, 0.0).sum()
+
+
+def _ghmc_grad(x: Tensor, labels: Tensor | None, soft: Tensor | None, idx: Tensor, table: Tensor) -> Tensor:
+    grad = _ghmc_grad_kernel(x, soft, idx, table)
+    if labels is None or x.numel() == 0:
+        return grad
+    # Positives: sigmoid(x) - 1 at the label column.
+    fg, col, xp = _positive_columns(x, labels)
+    wp = _gather_table(table, idx.gather(1, col).squeeze(1))
+    gp = (wp * (torch.sigmoid(xp) - 1.0)).to(grad.dtype)
+    return grad.scatter_(1, col, torch.where(fg, gp, grad.gather(1, col).squeeze(1)).unsqueeze(1))
+
+
+class _GHMCFunction(torch.autograd.Function):
+    """The forward pass only reduces; backward recomputes ``table[idx] * (p - y)`` in one fused pass.
+
+    Saved for backward: the ``N x C`` byte-sized bin indices and the ``(M + 1,)`` table (plus the
+    inputs themselves), not an ``N x C`` float gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, labels, soft, idx, table):  # noqa: D102
+        ctx.save_for_backward(x, labels, soft, idx, table)
+        return _ghmc_loss(x, labels, soft, idx, table)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):  # noqa: D102
+        x, labels, soft, idx, table = ctx.saved_tensors
+        return _ghmc_grad(x, labels, soft, idx, table * grad_output.to(table.dtype)), None, None, None, None
+
+
+def _check_targets(logits: Tensor, targets: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """Split ``targets`` into int64 labels ``(N,)`` or float targets ``(N, C)``, validated."""
+    n, c = logits.shape
+    if isinstance(targets, Tensor) and targets.is_floating_point():
+        if targets.shape != logits.shape:
+            raise ValueError(
+                f"float targets must have the shape of logits {shape_str(logits)}, got {shape_str(targets)}"
+            )
+        check_range("targets", targets, 0.0, 1.0)
+        return None, targets
+    check_labels("targets", targets, n, 0, c)
+    return targets.long(), None
+
+
+def _check_valid(valid: Tensor | None, shape: torch.Size) -> Tensor | None:
+    """``valid`` as ``(N, 1)`` or ``(N, K)`` (non-zero = valid), or None."""
+    if valid is None:
+        return None
+    if not isinstance(valid, Tensor):
+        raise TypeError(f"valid must be a torch.Tensor or None, got {type(valid).__name__}")
+    if valid.dtype.is_complex:
+        raise TypeError(f"valid must be a bool, integer or float mask, got dtype {valid.dtype}")
+    n = shape[0]
+    if valid.shape == shape:
+        return valid
+    if valid.shape == (n,):
+        return valid.view(n, 1)
+    raise ValueError(f"valid must have shape {tuple(shape)} or ({n},), got {shape_str(valid)}")
+
+
+def _check_bins(bins: int) -> None:
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be an integer >= 1, got {bins!r}")
+
+
+def _ghmc(
+    logits: Tensor,
+    targets: Tensor,
+    valid: Tensor | None,
+    bins: int,
+    loss_weight: float,
+    process_group: dist.ProcessGroup | None,
+    running: tuple[Tensor, Tensor, float, bool] | None,
+) -> Tensor:
+    check_float("logits", logits, dim=2)
+    labels, soft = _check_targets(logits, targets)
+    mask = _check_valid(valid, logits.shape)
+    with torch.no_grad():
+        x = logits.detach()
+        idx = _ghmc_bins(x, labels, soft, mask, bins)
+        table = _weight_table(_bin_counts(idx, bins), loss_weight, process_group, running, upcast(x).dtype)
+    if torch.is_grad_enabled() and logits.requires_grad:
+        return _GHMCFunction.apply(logits, labels, soft, idx, table)
+    return _ghmc_loss(logits, labels, soft, idx, table)
+
+
+def ghm_c_loss(
+    logits: Tensor,
+    targets: Tensor,
+    valid: Tensor | None = None,
+    *,
+    bins: int = 30,
+    loss_weight: float = 1.0,
+    process_group: dist.ProcessGroup | None = None,
+) -> Tensor:
+    """GHM-C of one batch without a running histogram (``GHMC`` with ``momentum=0``), eq. 8 of arXiv 1811.05181.
+
+    Args:
+        logits: ``(N, C)`` sigmoid logits (all FPN levels concatenated: one histogram per step).
+        targets: ``(N,)`` integer labels with ``C`` = background, or ``(N, C)`` float 0/1 targets.
+        valid: ``None``, or a ``(N,)`` / ``(N, C)`` mask; non-zero entries take part, the others are
+            ignored (the mask selects, it does not scale).
+        bins: ``M``, the number of equal bins over the gradient norm range [0, 1].
+        loss_weight: multiplies the result.
+        process_group: when given (``torch.distributed.group.WORLD`` for the default group) and
+            ``torch.distributed`` is initialised, the per-bin counts are summed over the group before
+            the weights are made; each process then divides its own weighted sum by the global
+            ``N_valid``, so the processes' losses add up to the loss of the whole batch (under DDP,
+            which averages gradients, multiply by the world size to get that batch's gradient).
+            Every process of the group must call the loss.
+
+    Returns a 0-dim loss (float32 for half/bf16 logits, float64 for float64); the gradient
+    ``loss_weight * w_i * (p_i - y_i) / N_valid`` treats the weights as constants.
+    """
+    _check_bins(bins)
+    return _ghmc(logits, targets, valid, bins, loss_weight, process_group, None)
+
+
+# ---- GHM-R --------------------------------------------------------------------------------------
+
+
+@fused_kernel
+def _ghmr_bin_kernel(pred: Tensor, target: Tensor, valid: Tensor | None, mu: float, bins: int, dtype: torch.dtype):
+    """Bin index of ``g = |d| / sqrt(d^2 + mu^2)``, ``d = pred - target``."""
+    d = upcast(pred) - upcast(target)
+    g = d.abs() / torch.sqrt(d * d + mu * mu)
+    return _bin_index(g, valid, bins, dtype)
+
+
+@fused_kernel
+def _ghmr_loss_kernel(pred: Tensor, target: Tensor, idx: Tensor, table: Tensor, mu: float) -> Tensor:
+    """``sum(table[idx] * ASL1(d))`` with ``d = pred - target``.
+
+    ``ASL1(d) = sqrt(d^2 + mu^2) - mu`` is evaluated as ``d^2 / (sqrt(d^2 + mu^2) + mu)``, which does
+    not cancel for ``|d| << mu``.
+    """
+    d = upcast(pred) - upcast(target)
+    return (_gather_table(table, idx) * (d * d / (torch.sqrt(d * d + mu * mu) + mu))).sum()
+
+
+@fused_kernel
+def _ghmr_grad_kernel(pred: Tensor, target: Tensor, idx: Tensor, table: Tensor, mu: float) -> Tensor:
+    """``table[idx] * d / sqrt(d^2 + mu^2)``, the gradient with respect to ``pred``."""
+    d = upcast(pred) - upcast(target)
+    return _gather_table(table, idx) * (d / torch.sqrt(d * d + mu * mu))
+
+
+class _GHMRFunction(torch.autograd.Function):
+    """As ``_GHMCFunction``: the forward pass reduces, backward recomputes the weighted gradient."""
+
+    @staticmethod
+    def forward(ctx, pred, target, idx, table, mu):  # noqa: D102
+        ctx.save_for_backward(pred, target, idx, table)
+        ctx.mu = mu
+        return _ghmr_loss_kernel(pred, target, idx, table, mu)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):  # noqa: D102
+        pred, target, idx, table = ctx.saved_tensors
+        grad = _ghmr_grad_kernel(pred, target, idx, table * grad_output.to(table.dtype), ctx.mu)
+        grad_pred = grad.to(pred.dtype) if ctx.needs_input_grad[0] else None
+        grad_target = (-grad).to(target.dtype) if ctx.needs_input_grad[1] else None
+        return grad_pred, grad_target, None, None, None
+
+
+def _ghmr(
+    pred: Tensor,
+    target: Tensor,
+    valid: Tensor | None,
+    mu: float,
+    bins: int,
+    loss_weight: float,
+    process_group: dist.ProcessGroup | None,
+    running: tuple[Tensor, Tensor, float, bool] | None,
+) -> Tensor:
+    check_float("pred", pred, dim=2)
+    check_float("target", target)
+    if target.shape != pred.shape:
+        raise ValueError(f"target must have the shape of pred {shape_str(pred)}, got {shape_str(target)}")
+    check_finite("target", target)
+    mask = _check_valid(valid, pred.shape)
+    mu = float(mu)
+    with torch.no_grad():
+        idx = _ghmr_bin_kernel(pred.detach(), target.detach(), mask, mu, bins, _index_dtype(bins))
+        dtype = torch.promote_types(upcast(pred).dtype, upcast(target).dtype)
+        table = _weight_table(_bin_counts(idx, bins), loss_weight, process_group, running, dtype)
+    if torch.is_grad_enabled() and (pred.requires_grad or target.requires_grad):
+        return _GHMRFunction.apply(pred, target, idx, table, mu)
+    return _ghmr_loss_kernel(pred, target, idx, table, mu)
+
+
+def _check_mu(mu: float) -> None:
+    if not mu > 0:
+        raise ValueError(f"mu must be > 0, got {mu!r}")
+
+
+def ghm_r_loss(
+    pred: Tensor,
+    target: Tensor,
+    valid: Tensor | None = None,
+    *,
+    mu: float = 0.02,
+    bins: int = 10,
+    loss_weight: float = 1.0,
+    process_group: dist.ProcessGroup | None = None,
+) -> Tensor:
+    """GHM-R of one batch without a running histogram (``GHMR`` with ``momentum=0``), eq. 15 of arXiv 1811.05181.
+
+    ``ASL1(d) = sqrt(d^2 + mu^2) - mu`` (eq. 12) on ``d = pred - target`` of shape ``(N, K)``
+    (box deltas: ``K = 4``), weighted by the gradient density of ``g = |d| / sqrt(d^2 + mu^2)``
+    (eq. 14) over ``bins`` bins. ``valid``, ``loss_weight`` and ``process_group`` as in
+    ``ghm_c_loss``. Gradients flow to ``pred`` and, if it requires one, to ``target``.
+    """
+    _check_mu(mu)
+    _check_bins(bins)
+    return _ghmr(pred, target, valid, mu, bins, loss_weight, process_group, None)
+
+
+# ---- modules with a running histogram -----------------------------------------------------------
+
+
+class _RunningHistogram(nn.Module):
+    """The running gradient-density estimate ``S`` and its update count ``t`` as buffers (checkpointed)."""
+
+    def __init__(self, bins: int, momentum: float, loss_weight: float, process_group: dist.ProcessGroup | None):
+        super().__init__()
+        _check_bins(bins)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
+        self.bins, self.momentum, self.loss_weight = bins, float(momentum), float(loss_weight)
+        self.process_group = process_group
+        self.register_buffer("running_count", torch.zeros(bins, dtype=torch.float64))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
+
+    def _running(self) -> tuple[Tensor, Tensor, float, bool]:
+        """State for ``_weight_table``: updated in training mode, only read in eval mode."""
+        return self.running_count, self.num_updates, self.momentum, self.training
+
+
+class GHMC(_RunningHistogram):
+    """GHM-C loss (arXiv 1811.05181, eq. 8) with the EMA gradient density of sec. 3.3.
+
+    ``GHMC(bins=30, momentum=0.75, loss_weight=1.0, process_group=None)(logits, targets, valid=None)``:
+    ``logits (N, C)``, ``targets`` ``(N,)`` int labels (``C`` = background) or ``(N, C)`` float 0/1,
+    ``valid`` ``None`` or a ``(N,)`` / ``(N, C)`` mask. Returns a 0-dim tensor. Call it once per step
+    with all FPN levels concatenated. In training mode each call updates the buffers
+    ``running_count`` (``S``) and ``num_updates`` (``t``); in eval mode the blended estimate is used
+    without being stored. ``momentum=0`` reproduces mmdetection's ``GHMC`` without momentum. See
+    ``ghm_c_loss`` for the arguments and the distributed semantics.
+    """
+
+    def __init__(
+        self,
+        bins: int = 30,
+        momentum: float = 0.75,
+        loss_weight: float = 1.0,
+        process_group: dist.ProcessGroup | None = None,
+    ):
+        super().__init__(bins, momentum, loss_weight, process_group)
+
+    def forward(self, logits: Tensor, targets: Tensor, valid: Tensor | None = None) -> Tensor:
+        return _ghmc(logits, targets, valid, self.bins, self.loss_weight, self.process_group, self._running())
+
+    def extra_repr(self) -> str:
+        return f"bins={self.bins}, momentum={self.momentum}, loss_weight={self.loss_weight}"
+
+
+class GHMR(_RunningHistogram):
+    """GHM-R loss (arXiv 1811.05181, eqs. 12-15): authentic smooth L1 weighted by gradient density.
+
+    ``GHMR(mu=0.02, bins=10, momentum=0.7, loss_weight=1.0, process_group=None)(pred, target, valid=None)``
+    with ``pred, target (N, K)`` (``K = 4`` box deltas) and ``valid`` ``None`` or ``(N,)`` / ``(N, K)``.
+    State, modes and distributed semantics as in ``GHMC``.
+    """
+
+    def __init__(
+        self,
+        mu: float = 0.02,
+        bins: int = 10,
+        momentum: float = 0.7,
+        loss_weight: float = 1.0,
+        process_group: dist.ProcessGroup | None = None,
+    ):
+        _check_mu(mu)
+        super().__init__(bins, momentum, loss_weight, process_group)
+        self.mu = float(mu)
+
+    def forward(self, pred: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
+        return _ghmr(pred, target, valid, self.mu, self.bins, self.loss_weight, self.process_group, self._running())
+
+    def extra_repr(self) -> str:
+        return f"mu={self.mu}, bins={self.bins}, momentum={self.momentum}, loss_weight={self.loss_weight}"

@@ -1,0 +1,517 @@
+"""GHM-C / GHM-R against an independent float64 reference written from arXiv 1811.05181.
+
+The reference bins with explicit edges (``i / M``, the top one nudged up by 1e-6, as in the
+authors' code) in a Python loop over bins; the library computes ``min(floor(g * M), M - 1)`` in
+one vectorised pass. The random data below keeps every gradient norm far from a bin edge relative
+to float64 rounding, and the gradcheck data sits at bin centres.
+"""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from balancedet.bench.common import saved_bytes
+from balancedet.losses import backend, ghm
+from balancedet.losses.ghm import GHMC, GHMR, ghm_c_loss, ghm_r_loss
+
+N, C = 37, 6
+
+# ---- reference (numpy, float64, loop over bins) --------------------------------------------------
+
+
+def _sigmoid(x):
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-x))
+
+
+def _one_hot(labels, c):
+    y = np.zeros((len(labels), c))
+    for n, k in enumerate(labels):
+        if k < c:
+            y[n, k] = 1.0
+    return y
+
+
+class RefDensity:
+    """Eq. 6 with the unit-region approximation: ``R_j`` or the bias-corrected EMA of sec. 3.3."""
+
+    def __init__(self, bins, momentum=0.0):
+        self.bins, self.m = bins, momentum
+        self.s = np.zeros(bins)
+        self.t = 0
+
+    def __call__(self, counts, update=True):
+        s = self.m * self.s + (1 - self.m) * counts
+        t = self.t + 1
+        if update:
+            self.s, self.t = s, t
+        return s / (1 - self.m**t)
+
+
+def _weights(g, valid, bins, density):
+    """Per-element ``N_valid / (D_j * n_nonempty)`` (eq. 7 as in the authors' code), counts ``R``, ``N_valid``."""
+    edges = np.arange(bins + 1) / bins
+    edges[-1] += 1e-6
+    n_valid = max(valid.sum(), 1)
+    masks = [valid & (g >= edges[j]) & (g < edges[j + 1]) for j in range(bins)]
+    counts = np.array([m.sum() for m in masks], dtype=np.float64)
+    d = density(counts)
+    nonempty = (counts > 0).sum()
+    w = np.zeros_like(g)
+    for j, m in enumerate(masks):
+        if counts[j] > 0:
+            w[m] = n_valid / (d[j] * nonempty)
+    return w, counts, n_valid
+
+
+def ref_ghmc(x, y, valid, bins=30, density=None):
+    """Returns the per-element loss terms (they sum to the loss), the gradient and the counts."""
+    density = density or RefDensity(bins)
+    p = _sigmoid(x)
+    w, counts, n_valid = _weights(np.abs(p - y), valid, bins, density)
+    bce = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+    return w * bce / n_valid, w * (p - y) / n_valid, counts
+
+
+def ref_ghmr(pred, target, valid, mu=0.02, bins=10, density=None):
+    density = density or RefDensity(bins)
+    d = pred - target
+    r = np.sqrt(d * d + mu * mu)
+    w, counts, n_valid = _weights(np.abs(d) / r, valid, bins, density)
+    return w * (r - mu) / n_valid, w * d / r / n_valid, counts
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+
+def _cls_data(n=N, c=C, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, generator=gen, dtype=torch.float64) * 3
+    labels = torch.randint(0, c + 1, (n,), generator=gen)
+    labels[0], labels[1] = c, 0
+    return x, labels
+
+
+def _targets(kind, labels, c=C):
+    onehot = _one_hot(labels.numpy(), c)
+    return (labels if kind == "int" else torch.tensor(onehot)), onehot
+
+
+def _valid(kind, shape, seed=1, dtype=torch.bool):
+    if kind is None:
+        return None, np.ones(shape, dtype=bool)
+    gen = torch.Generator().manual_seed(seed)
+    v = torch.rand(shape if kind == "elem" else shape[:1], generator=gen) < 0.75
+    v_np = np.broadcast_to(v.numpy()[:, None] if kind == "row" else v.numpy(), shape)
+    return v.to(dtype), v_np
+
+
+def _run(module_or_fn, x, *args):
+    x = x.clone().requires_grad_()
+    loss = module_or_fn(x, *args)
+    loss.backward()
+    return loss.detach(), x.grad
+
+
+def _close(actual, expected, rtol=1e-10, atol=1e-13):
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=rtol, atol=atol)
+
+
+# ---- GHM-C against the reference -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target_kind", ["int", "onehot"])
+@pytest.mark.parametrize("valid_kind", [None, "row", "elem"])
+def test_ghmc_matches_reference(target_kind, valid_kind):
+    x, labels = _cls_data()
+    targets, y = _targets(target_kind, labels)
+    valid, valid_np = _valid(valid_kind, (N, C))
+    terms, grad, _ = ref_ghmc(x.numpy(), y, valid_np)
+    loss, got_grad = _run(GHMC(momentum=0.0), x, targets, valid)
+    _close(loss, terms.sum())
+    _close(got_grad, grad)
+    functional, _ = _run(ghm_c_loss, x, targets, valid)
+    _close(functional, terms.sum())
+
+
+def test_ghmc_many_bins_use_wide_indices_and_loss_weight_scales():
+    x, labels = _cls_data(n=200)
+    terms, grad, _ = ref_ghmc(x.numpy(), _one_hot(labels.numpy(), C), np.ones((200, C), bool), bins=300)
+    loss, got_grad = _run(GHMC(bins=300, momentum=0.0, loss_weight=2.5), x, labels)
+    _close(loss, 2.5 * terms.sum())
+    _close(got_grad, 2.5 * grad)
+
+
+def test_ghmc_float_mask_selects_and_does_not_scale():
+    x, labels = _cls_data()
+    mask, _ = _valid("elem", (N, C))
+    scaled = mask.double() * torch.linspace(0.1, 7.0, N * C, dtype=torch.float64).view(N, C)
+    a, ga = _run(GHMC(momentum=0.0), x, labels, mask)
+    b, gb = _run(GHMC(momentum=0.0), x, labels, scaled)
+    assert torch.equal(a, b) and torch.equal(ga, gb)
+
+
+def test_ghmc_all_ignored_gives_zero_loss_and_gradient():
+    x, labels = _cls_data()
+    loss, grad = _run(GHMC(momentum=0.75), x, labels, torch.zeros(N, dtype=torch.bool))
+    assert torch.isfinite(loss) and loss.item() == 0.0
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_ghmc_empty_batch():
+    for targets in (torch.zeros(0, dtype=torch.long), torch.zeros(0, C, dtype=torch.float64)):
+        loss, grad = _run(GHMC(), torch.zeros(0, C, dtype=torch.float64), targets)
+        assert loss.item() == 0.0 and grad.shape == (0, C)
+
+
+def test_ghmc_single_bin_is_plain_mean_bce():
+    # Every element has g = 0.5 exactly (logit 0): one bin, weight 1, the loss is the mean BCE over valid elements.
+    x = torch.zeros(N, C, dtype=torch.float64)
+    labels = torch.randint(0, C + 1, (N,))
+    valid, valid_np = _valid("elem", (N, C))
+    loss, grad = _run(GHMC(momentum=0.0), x, labels, valid)
+    onehot = torch.tensor(_one_hot(labels.numpy(), C))
+    bce = F.binary_cross_entropy_with_logits(x, onehot, reduction="none")
+    _close(loss, bce[valid].mean().item())
+    _close(grad, np.where(valid_np, (0.5 - onehot.numpy()) / valid_np.sum(), 0.0))
+
+
+@pytest.mark.parametrize("target_kind", ["int", "onehot"])
+def test_ghmc_gradient_norms_of_exactly_zero_and_one_fall_in_the_first_and_last_bins(target_kind):
+    # float64: sigmoid(800) == 1 and sigmoid(-800) == 0 exactly.
+    x = torch.tensor([[800.0, -800.0], [-800.0, 800.0], [800.0, 0.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 2, 1])  # g: [0, 0], [0, 1], [1, 0.5]
+    targets, y = _targets(target_kind, labels, c=2)
+    g = np.abs(_sigmoid(x.numpy()) - y)
+    assert set(g.ravel().tolist()) == {0.0, 0.5, 1.0}
+    module = GHMC(bins=4, momentum=0.0)
+    loss, grad = _run(module, x, targets)
+    assert module.running_count.tolist() == [3.0, 0.0, 1.0, 2.0]  # with momentum 0 the state is R
+    terms, ref_grad, counts = ref_ghmc(x.numpy(), y, np.ones((3, 2), bool), bins=4)
+    assert counts.tolist() == [3.0, 0.0, 1.0, 2.0]
+    _close(loss, terms.sum())
+    _close(grad, ref_grad)
+
+
+def test_ghmc_no_grad_path_and_integer_label_dtypes():
+    x, labels = _cls_data()
+    expected, _ = _run(GHMC(momentum=0.0), x, labels)
+    with torch.no_grad():
+        assert torch.equal(GHMC(momentum=0.0)(x, labels.int()), expected)
+    assert torch.equal(GHMC(momentum=0.0)(x, labels.to(torch.int16)), expected)
+
+
+def test_ghmc_keeps_bytes_not_floats_for_backward():
+    # Saved for backward beyond the inputs: the byte-sized bin indices and the (M + 1,) table, no N x C float tensor.
+    n, c = 512, 20
+    x = torch.randn(n, c, requires_grad=True)
+    labels = torch.randint(0, c + 1, (n,))
+    saved = saved_bytes(lambda: GHMC()(x, labels), [x, labels])
+    assert saved <= n * c + 1024
+
+
+# ---- GHM-R against the reference -----------------------------------------------------------------
+
+
+def _reg_data(n=N, k=4, seed=2):
+    gen = torch.Generator().manual_seed(seed)
+    pred = torch.randn(n, k, generator=gen, dtype=torch.float64) * 0.05
+    target = torch.randn(n, k, generator=gen, dtype=torch.float64) * 0.05
+    return pred, target
+
+
+@pytest.mark.parametrize("valid_kind", [None, "row", "elem"])
+@pytest.mark.parametrize("mu", [0.02, 0.1])
+def test_ghmr_matches_reference(valid_kind, mu):
+    pred, target = _reg_data()
+    valid, valid_np = _valid(valid_kind, pred.shape, dtype=torch.float32)
+    terms, grad, _ = ref_ghmr(pred.numpy(), target.numpy(), valid_np, mu=mu)
+    p, t = pred.clone().requires_grad_(), target.clone().requires_grad_()
+    loss = GHMR(mu=mu, momentum=0.0)(p, t, valid)
+    loss.backward()
+    _close(loss.detach(), terms.sum())
+    _close(p.grad, grad)
+    _close(t.grad, -grad)
+    _close(ghm_r_loss(pred, target, valid, mu=mu), terms.sum())
+
+
+def test_ghmr_extreme_residuals_fall_in_the_first_and_last_bins_and_all_ignored_is_zero():
+    pred = torch.tensor([[0.0, 1e6, -1e6, 0.02]], dtype=torch.float64)
+    target = torch.zeros_like(pred)
+    module = GHMR(bins=10, momentum=0.0)
+    loss, grad = _run(module, pred, target)
+    assert module.running_count.tolist() == [1.0, 0, 0, 0, 0, 0, 0, 1.0, 0, 2.0]  # g = 0, 1/sqrt(2), 1, 1
+    terms, ref_grad, _ = ref_ghmr(pred.numpy(), target.numpy(), np.ones((1, 4), bool))
+    _close(loss, terms.sum())
+    _close(grad, ref_grad)
+    loss, grad = _run(GHMR(), pred, target, torch.zeros(1))
+    assert loss.item() == 0.0 and torch.equal(grad, torch.zeros_like(grad))
+
+
+# ---- momentum, state, modes ----------------------------------------------------------------------
+
+
+def test_ghmc_running_density_with_bias_correction_over_several_steps():
+    m, bins = 0.75, 30
+    module = GHMC(bins=bins, momentum=m)
+    ref = RefDensity(bins, m)
+    for step in range(4):
+        x, labels = _cls_data(n=40 + 10 * step, seed=10 + step)
+        x = x * (1 + step)  # the histogram changes from step to step
+        valid, valid_np = _valid("row", x.shape, seed=20 + step)
+        terms, grad, _ = ref_ghmc(x.numpy(), _one_hot(labels.numpy(), C), valid_np, bins, ref)
+        loss, got_grad = _run(module, x, labels, valid)
+        _close(loss, terms.sum())
+        _close(got_grad, grad)
+        _close(module.running_count, ref.s)
+        assert module.num_updates.item() == step + 1
+
+
+def test_ghmr_running_density_over_several_steps():
+    m, bins = 0.7, 10
+    module, ref = GHMR(momentum=m), RefDensity(bins, m)
+    for step in range(3):
+        pred, target = _reg_data(n=30 + step, seed=step)
+        terms, grad, _ = ref_ghmr(pred.numpy(), target.numpy(), np.ones(pred.shape, bool), density=ref)
+        loss, got_grad = _run(module, pred, target)
+        _close(loss, terms.sum())
+        _close(got_grad, grad)
+    _close(module.running_count, ref.s)
+
+
+def test_state_dict_round_trip_restores_the_running_histogram():
+    module = GHMC(momentum=0.75)
+    for step in range(3):
+        x, labels = _cls_data(seed=step)
+        module(x * (step + 1), labels)
+    state = module.state_dict()
+    assert set(state) == {"running_count", "num_updates"}
+    restored = GHMC(momentum=0.75)
+    restored.load_state_dict(state)
+    assert torch.equal(restored.running_count, module.running_count) and restored.num_updates.item() == 3
+    x, labels = _cls_data(seed=99)
+    assert torch.equal(restored(x, labels), module(x, labels))
+    assert torch.equal(restored.running_count, module.running_count)
+
+
+def test_eval_mode_uses_the_blended_estimate_without_storing_it():
+    m = 0.75
+    module, ref = GHMC(momentum=m), RefDensity(30, m)
+    for step in range(2):
+        x, labels = _cls_data(seed=step)
+        y = _one_hot(labels.numpy(), C)
+        module(x * (step + 1), labels)
+        ref_ghmc((x * (step + 1)).numpy(), y, np.ones(x.shape, bool), 30, ref)
+    before = (module.running_count.clone(), module.num_updates.clone())
+    module.eval()
+    x, labels = _cls_data(seed=7)
+    y = _one_hot(labels.numpy(), C)
+    for _ in range(2):
+        terms, _, _ = ref_ghmc(x.numpy(), y, np.ones(x.shape, bool), 30, lambda r: ref(r, update=False))
+        _close(module(x, labels), terms.sum())
+    assert torch.equal(module.running_count, before[0]) and torch.equal(module.num_updates, before[1])
+    module.train()
+    terms, _, _ = ref_ghmc(x.numpy(), y, np.ones(x.shape, bool), 30, ref)
+    _close(module(x, labels), terms.sum())
+    assert module.num_updates.item() == 3
+
+
+# ---- gradients -----------------------------------------------------------------------------------
+
+
+def _bin_centre_logits(labels, c, bins, seed=3):
+    """Logits whose g = |p - y| sits at bin centres, so finite differences never cross an edge."""
+    gen = torch.Generator().manual_seed(seed)
+    centre = (torch.randint(0, bins, (len(labels), c), generator=gen, dtype=torch.float64) + 0.5) / bins
+    y = torch.tensor(_one_hot(labels.numpy(), c))
+    p = torch.where(y > 0, 1 - centre, centre)
+    return torch.log(p / (1 - p))
+
+
+@pytest.mark.parametrize("target_kind", ["int", "onehot"])
+def test_ghmc_gradcheck(target_kind):
+    n, c, bins = 12, 4, 10
+    labels = torch.randint(0, c + 1, (n,))
+    labels[0], labels[1] = c, 1
+    x = _bin_centre_logits(labels, c, bins).requires_grad_()
+    targets, _ = _targets(target_kind, labels, c)
+    valid, _ = _valid("elem", (n, c))
+    module = GHMC(bins=bins, momentum=0.0)
+    assert torch.autograd.gradcheck(lambda t: module(t, targets, valid), (x,))
+
+
+def test_ghmr_gradcheck_on_pred_and_target():
+    n, k, bins, mu = 8, 4, 10, 0.02
+    gen = torch.Generator().manual_seed(4)
+    g = (torch.randint(0, bins, (n, k), generator=gen, dtype=torch.float64) + 0.5) / bins
+    sign = torch.where(torch.rand(n, k, generator=gen) < 0.5, -1.0, 1.0).double()
+    d = sign * mu * g / torch.sqrt(1 - g * g)
+    target = torch.randn(n, k, generator=gen, dtype=torch.float64).requires_grad_()
+    pred = (target.detach() + d).requires_grad_()
+    module = GHMR(mu=mu, bins=bins, momentum=0.0)
+    assert torch.autograd.gradcheck(lambda p, t: module(p, t), (pred, target))
+
+
+# ---- compiled fast path == eager path ------------------------------------------------------------
+
+
+def test_compiled_kernels_match_eager(compile_mode):
+    labels = torch.randint(0, C + 1, (N,))
+    x = _bin_centre_logits(labels, C, 30)
+    valid, _ = _valid("row", (N, C))
+    compiled, compiled_grad = _run(GHMC(momentum=0.0), x, labels, valid)
+    backend.set_compile("never")
+    eager, eager_grad = _run(GHMC(momentum=0.0), x, labels, valid)
+    backend.set_compile("always")
+    assert ghm._ghmc_loss_kernel._compiled is not None and ghm._ghmc_grad_kernel._compiled is not None
+    _close(compiled, eager.item(), rtol=1e-12)
+    _close(compiled_grad, eager_grad.numpy(), rtol=1e-12)
+
+
+# ---- distributed: counts summed across processes -------------------------------------------------
+
+
+def _dist_data(step):
+    x, labels = _cls_data(n=60, seed=100 + step)
+    valid, _ = _valid("elem", (60, C), seed=200 + step)
+    return x * (1 + step), labels, valid
+
+
+def _dist_worker(rank, world, port, out_dir):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        module = GHMC(momentum=0.75, process_group=dist.group.WORLD)
+        results = []
+        for step in range(2):
+            x, labels, valid = _dist_data(step)
+            rows = slice(rank * 30, (rank + 1) * 30)
+            loss, grad = _run(module, x[rows], labels[rows], valid[rows])
+            results.append((loss, grad))
+        torch.save({"results": results, "state": module.state_dict()}, os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_counts_are_summed_before_weighting(tmp_path):
+    """Each process divides its own weighted sum by the global N_valid with weights from the global
+    histogram, so process r's loss is exactly the sum of the full batch's per-element terms over its
+    rows, the two losses add up to the single-process loss, and the gradients are the full batch's rows."""
+    mp.spawn(_dist_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    outs = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+    single, ref = GHMC(momentum=0.75), RefDensity(30, 0.75)
+    for step in range(2):
+        x, labels, valid = _dist_data(step)
+        terms, _, _ = ref_ghmc(x.numpy(), _one_hot(labels.numpy(), C), valid.numpy(), 30, ref)
+        full_loss, full_grad = _run(single, x, labels, valid)
+        losses = [outs[r]["results"][step][0] for r in range(2)]
+        for r in range(2):
+            rows = slice(r * 30, (r + 1) * 30)
+            _close(losses[r], terms[rows].sum(), rtol=1e-6)
+            _close(outs[r]["results"][step][1], full_grad[rows].numpy(), rtol=1e-6)
+        _close(losses[0] + losses[1], full_loss.item(), rtol=1e-6)
+    for r in range(2):
+        _close(outs[r]["state"]["running_count"], single.running_count.numpy(), rtol=1e-12)
+        assert outs[r]["state"]["num_updates"].item() == 2
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+
+def _bad_cls_inputs():
+    x = torch.randn(5, 3)
+    nan_targets = torch.zeros(5, 3)
+    nan_targets[2, 1] = float("nan")
+    return [
+        ((x, torch.zeros(5, 4)), r"targets.*\(5, 3\).*\(5, 4\)"),
+        ((x, torch.zeros(4, dtype=torch.long)), r"targets.*\(5,\).*\(4,\)"),
+        ((x, torch.tensor([0, 1, 2, 3, 4])), r"targets \(shape \(5,\)\).*\[0, 3\]"),
+        ((x, torch.tensor([0, -1, 2, 3, 0])), r"targets \(shape \(5,\)\).*\[0, 3\]"),
+        ((x, nan_targets), r"targets \(shape \(5, 3\)\).*finite"),
+        ((x, torch.zeros(5, dtype=torch.long), torch.ones(4, dtype=torch.bool)), r"valid.*\(5, 3\).*\(4,\)"),
+        ((x[0], torch.zeros(1, dtype=torch.long)), r"logits.*\(3,\)"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(7))
+def test_ghmc_bad_input_names_argument_and_shape(case):
+    args, pattern = _bad_cls_inputs()[case]
+    with pytest.raises(ValueError, match=pattern):
+        GHMC()(*args)
+
+
+def test_ghmr_bad_input_names_argument_and_shape():
+    pred = torch.randn(5, 4)
+    with pytest.raises(ValueError, match=r"target.*\(5, 4\).*\(5, 3\)"):
+        GHMR()(pred, torch.zeros(5, 3))
+    bad = torch.zeros(5, 4)
+    bad[1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"target \(shape \(5, 4\)\).*NaN"):
+        GHMR()(pred, bad)
+    with pytest.raises(ValueError, match=r"valid.*\(5, 4\).*\(5, 1\)"):
+        GHMR()(pred, bad.nan_to_num(), torch.ones(5, 1))
+
+
+@pytest.mark.parametrize(
+    "make, pattern",
+    [
+        (lambda: GHMC(bins=0), "bins"),
+        (lambda: GHMC(bins=2.5), "bins"),
+        (lambda: GHMC(momentum=1.0), "momentum"),
+        (lambda: GHMC(momentum=-0.1), "momentum"),
+        (lambda: GHMR(mu=0.0), "mu"),
+        (lambda: GHMR(bins=0), "bins"),
+    ],
+)
+def test_bad_hyper_parameters(make, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        make()
+
+
+# ---- low precision and extreme logits ------------------------------------------------------------
+
+
+def test_bf16_autocast_and_extreme_logits_stay_finite():
+    n, c = 64, 5
+    head = torch.nn.Linear(8, c)
+    feats = torch.randn(n, 8)
+    labels = torch.randint(0, c + 1, (n,))
+    big = torch.where(torch.rand(n, c) < 0.5, -100.0, 100.0)
+    module = GHMC()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(feats) * 0.01 + big.to(torch.bfloat16)
+        logits.retain_grad()
+        assert logits.dtype == torch.bfloat16
+        loss = module(logits, labels)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert logits.grad.dtype == torch.bfloat16 and torch.isfinite(logits.grad).all()
+    assert torch.isfinite(head.weight.grad).all() and head.weight.grad.abs().sum() > 0
+    # bf16 -> float32 is exact, so the loss equals the float32 computation on the same values.
+    expected, expected_grad = _run(GHMC(momentum=0.0), logits.detach().float(), labels)
+    _close(GHMC(momentum=0.0)(logits.detach(), labels), expected.item(), rtol=1e-6)
+    _, grad_bf16 = _run(GHMC(momentum=0.0), logits.detach(), labels)
+    assert torch.equal(grad_bf16, expected_grad.to(torch.bfloat16))
+
+
+def test_float32_logits_of_plus_minus_100():
+    x = torch.tensor([[100.0, -100.0], [-100.0, 100.0]], requires_grad=True)
+    loss = GHMC(bins=30, momentum=0.0)(x, torch.tensor([0, 2]))  # row 1 is background
+    loss.backward()
+    # g ~ 0 for three elements (bin 0, weight 4 / (3 * 2)) and g = 1 for x[1, 1] (bin 29, weight 4 / (1 * 2)),
+    # whose BCE is 100; the others' BCE is ~4e-44. Loss = 2 * 100 / 4, its gradient 2 * (1 - 0) / 4.
+    assert loss.item() == pytest.approx(50.0, rel=1e-6)
+    assert torch.isfinite(x.grad).all() and x.grad[1, 1].item() == pytest.approx(0.5, rel=1e-6)
+    assert x.grad.abs().sum().item() == pytest.approx(0.5, rel=1e-6)
