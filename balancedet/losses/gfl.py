@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from balancedet.losses.backend import fused_kernel
 from balancedet.losses.checks import check_finite, check_float, check_labels, check_range, shape_str
 from balancedet.losses.reduce import check_reduction, expand_weight, scale_tensor, weight_reduce_loss
 from balancedet.losses.sigmoid_terms import (
@@ -146,31 +147,52 @@ def _reference_quality(logits, labels, scores, beta, weight, reduction, avg_fact
     return weight_reduce_loss((y - s).abs().pow(beta) * ce, weight, reduction, avg_factor)
 
 
+def _neighbour_mass(xc: Tensor, left: Tensor, w_left: Tensor, w_right: Tensor) -> Tensor:
+    """``(N, bins)`` target mass: ``w_left`` at bin ``left``, ``w_right`` at ``left + 1``, 0 elsewhere.
+
+    Built by comparing against the bin index instead of scattering, so that a compiled kernel keeps
+    it in registers: no ``N x bins`` tensor is written.
+    """
+    bins = torch.arange(xc.shape[1], device=xc.device).unsqueeze(0)
+    li = left.unsqueeze(1)
+    return torch.where(bins == li, w_left.unsqueeze(1), 0.0) + torch.where(bins == li + 1, w_right.unsqueeze(1), 0.0)
+
+
+@fused_kernel
+def _distribution_forward(x: Tensor, left: Tensor, w_left: Tensor, w_right: Tensor, coef: Tensor, reduce: bool):
+    """Per-row ``coef * (logsumexp(x) - w_l x_l - w_r x_r)`` (summed when ``reduce``) and the row's log-sum-exp."""
+    xc = upcast(x)
+    lse = torch.logsumexp(xc, dim=1)
+    loss = (lse - (_neighbour_mass(xc, left, w_left, w_right) * xc).sum(1)) * coef
+    return (loss.sum() if reduce else loss), lse
+
+
+@fused_kernel
+def _distribution_backward(x: Tensor, lse: Tensor, left: Tensor, w_left: Tensor, w_right: Tensor, row: Tensor):
+    """``row * (softmax(x) - mass)``: the gradient of eq. 6 with respect to the logits."""
+    xc = upcast(x)
+    grad = torch.exp(xc - lse.unsqueeze(1)) - _neighbour_mass(xc, left, w_left, w_right)
+    return (grad * row.unsqueeze(1)).to(x.dtype)
+
+
 class _FusedDistribution(torch.autograd.Function):
-    """One log-sum-exp per row; backward recomputes the softmax from the saved input."""
+    """One log-sum-exp per row; backward recomputes the softmax from the saved input.
+
+    Saved for backward: the ``(N,)`` row statistics and the input itself, no ``N x bins`` tensor.
+    """
 
     @staticmethod
     def forward(ctx, x, left, w_left, w_right, coef, reduce):  # noqa: D102
-        xc = upcast(x)
-        lse = torch.logsumexp(xc, dim=1)
-        x_left = xc.gather(1, left.unsqueeze(1)).squeeze(1)
-        x_right = xc.gather(1, (left + 1).unsqueeze(1)).squeeze(1)
-        loss = lse - w_left * x_left - w_right * x_right
+        loss, lse = _distribution_forward(x, left, w_left, w_right, coef, reduce)
         ctx.save_for_backward(x, lse, left, w_left, w_right, coef)
-        ctx.reduce = reduce
-        loss = loss * coef
-        return loss.sum() if reduce else loss
+        return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):  # noqa: D102
         x, lse, left, w_left, w_right, coef = ctx.saved_tensors
-        xc = upcast(x)
-        grad = torch.exp(xc - lse.unsqueeze(1))
-        grad.scatter_add_(1, left.unsqueeze(1), -w_left.unsqueeze(1))
-        grad.scatter_add_(1, (left + 1).unsqueeze(1), -w_right.unsqueeze(1))
         row = coef * grad_output
-        return (grad * row.unsqueeze(1)).to(x.dtype), None, None, None, None, None
+        return _distribution_backward(x, lse, left, w_left, w_right, row), None, None, None, None, None
 
 
 def distribution_focal_loss(

@@ -201,3 +201,20 @@ def test_qfl_module():
     x, labels, scores = _qfl_data()
     module = QualityFocalLoss(beta=2.0, loss_weight=1.5)
     torch.testing.assert_close(module(x, labels, scores), 1.5 * quality_focal_loss(x, labels, scores))
+
+
+def test_dfl_compiled_equals_eager(compile_mode):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(301, 17, generator=gen) * 3
+    target = torch.rand(301, generator=gen) * 16
+    weight = torch.rand(301, generator=gen)
+    for reduction in ("sum", "none"):
+        results = []
+        for mode in ["always", "never"]:
+            backend.set_compile(mode)
+            xx = x.clone().requires_grad_()
+            loss = distribution_focal_loss(xx, target, weight=weight, reduction=reduction)
+            loss.sum().backward()
+            results.append((loss.detach(), xx.grad))
+        torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-7)
