@@ -1,6 +1,8 @@
 """The ``balancedet`` command line: ``balancedet <command> [...]``.
 
-Commands: ``demo`` (what the losses do to a dense detector's imbalance) and ``bench losses``.
+``train`` (the main job; with no arguments it trains the small RetinaNet preset on the built-in
+digits scenes), ``eval``, ``predict``, ``demo`` (what the losses do to a dense detector's
+imbalance) and ``bench losses|assign|detector``.
 """
 
 from __future__ import annotations
@@ -8,30 +10,101 @@ from __future__ import annotations
 import argparse
 import sys
 
-BENCHMARKS = {"losses": "balancedet.bench.losses"}
+BENCHMARKS = {
+    "losses": "balancedet.bench.losses",
+    "assign": "balancedet.bench.assign",
+    "detector": "balancedet.bench.detector",
+}
+
+DEFAULT_PRESET = "retinanet_digits"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="balancedet", description="Imbalance remedies for object detection.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a detector (default: small RetinaNet on the built-in digits)")
+    train.add_argument("--data", help="dataset YAML (format, train/val images and annotations, names) or 'digits'")
+    train.add_argument("--config", help=f"preset name in configs/ or a YAML file (default {DEFAULT_PRESET})")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    train.add_argument("--output", help="run folder (default runs/train/exp, exp2, ... never overwritten)")
+    train.add_argument("--resume", metavar="LAST_PT", help="continue a killed run from its weights/last.pt")
+    train.add_argument("--skip-bad", action="store_true", help="drop malformed annotation records with a warning")
+
+    ev = sub.add_parser("eval", help="COCO AP of a checkpoint on a dataset split")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--data", help="dataset YAML (default: the one the checkpoint was trained on)")
+    ev.add_argument("--split", default="val")
+    ev.add_argument("--output", help="folder for metrics.json and PR_curve.png (default runs/eval/exp)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--batch-size", type=int)
+
+    pr = sub.add_parser("predict", help="detect objects in images: COCO results json and drawn images")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--output", help="folder (default runs/predict/exp)")
+    pr.add_argument("--score-thresh", type=float, default=0.25, help="lowest score drawn and written")
+    pr.add_argument("--device", default="auto")
+
+    demo = sub.add_parser("demo", help="show how CE, focal loss and GHM-C weigh a dense detector's examples")
+    demo.add_argument("--anchors", type=int, default=100_000)
+    demo.add_argument("--positives", type=int, default=50)
+
+    bench = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS), add_help=False)
+    bench.add_argument("target", choices=sorted(BENCHMARKS))
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="balancedet", description="Imbalance remedies for object detection.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="show how CE, focal loss and GHM-C weigh a dense detector's examples")
-    demo.add_argument("--anchors", type=int, default=100_000)
-    demo.add_argument("--positives", type=int, default=50)
-    bench = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS), add_help=False)
-    bench.add_argument("target", choices=sorted(BENCHMARKS))
+    parser = _parser()
     args, rest = parser.parse_known_args(argv)
-
     if args.command == "bench":
         import importlib
 
         return importlib.import_module(BENCHMARKS[args.target]).main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return _run(args)
+    except ValueError as error:
+        # Bad input (a malformed annotation, a typo in a key): one clear line, not a traceback.
+        print(f"balancedet {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from balancedet.demo import run_demo
 
         return run_demo(args.anchors, args.positives)
+    if args.command == "train":
+        from balancedet.engine.config import load_config
+        from balancedet.engine.train import train
+
+        if args.resume:
+            if args.data or args.config or args.overrides:
+                raise ValueError("--resume continues a run with its own configuration: drop --data/--config/--set")
+            train(None, resume=args.resume)
+            return 0
+        overrides = list(args.overrides)
+        if args.data:
+            overrides.insert(0, f"data.dataset={args.data}")
+        if args.skip_bad:
+            overrides.append("data.skip_bad=true")
+        config = load_config(args.config or DEFAULT_PRESET, overrides)
+        train(config, output=args.output)
+        return 0
+    if args.command == "eval":
+        from balancedet.engine.evaluate import evaluate_checkpoint
+
+        evaluate_checkpoint(args.checkpoint, args.data, args.split, args.output, args.device, args.batch_size)
+        return 0
+    if args.command == "predict":
+        from balancedet.engine.predict import predict_images
+
+        predict_images(args.checkpoint, args.images, args.output, args.score_thresh, args.device)
+        return 0
     return 2
 
 

@@ -1,0 +1,346 @@
+"""``balancedet bench detector``: training throughput of our RetinaNet against torchvision's, in one run.
+
+Both detectors get the same backbone (torchvision's ResNet, default ResNet-18 without pretrained
+weights, trainable BN or frozen BN in both, stem and first stage frozen in both), the same FPN
+(P3-P7, 256 channels, P6 from C5), the same heads (4 convs of 256), the same 9 anchors per
+location, the same number of classes, the same L1 box loss (torchvision's), the same images and
+boxes and the same optimiser (SGD, momentum 0.9). torchvision's ``GeneralizedRCNNTransform`` is
+given ``min_size = max_size =`` the image size so it does not resize; it still normalises the
+images, which our step does too (``(x - mean) / std``) so that both pay for it.
+
+Two stages are timed, each model in turn (A, B, A, B, ...) so that both see the same background
+load on a shared machine:
+
+- ``step``: a whole training step (forward, backward, ``optimizer.step()``) at ``--size``; it is
+  dominated by the convolutions, which are the same in both models;
+- ``loss``: what happens after the heads (anchors, assignment, losses and their backward) on
+  fixed head outputs, at a COCO-like scale (``--loss-size 800x1344``, 80 classes): this is where
+  the implementations differ (one batched assignment and one fused focal-loss call against
+  torchvision's per-image loops and ``torchvision.ops.sigmoid_focal_loss``).
+
+Peak memory is read from the CPU allocator through ``torch.profiler`` (``profile_memory=True``):
+each allocation event carries the bytes allocated since profiling started and still live, whose
+maximum over the step, less its value before the first allocation, is the step's peak on top of
+what existed before it (weights, optimiser state). It is exact and deterministic where sampling
+the resident set size is blurred by ``malloc`` caching. The profiler's counter outlives a session
+(blocks freed between sessions are never subtracted), so by default each measurement runs in a
+fresh process (``--memory subprocess``). Memory that kernels take outside PyTorch's allocator
+(oneDNN scratch pads) is not seen, for either model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from balancedet.bench.common import format_table, human_bytes
+from balancedet.boxes.anchors import feature_map_sizes
+from balancedet.losses.smooth_l1 import L1Loss
+from balancedet.models.backbones import ResNetBackbone
+from balancedet.models.retinanet import RetinaNet
+
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+GOAL_SPEEDUP = 1.5
+KINDS = ("balancedet", "torchvision")
+STAGES = ("step", "loss")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One stage's problem: backbone, batch of ``batch`` images of ``height x width``, classes, boxes."""
+
+    depth: int = 18
+    norm: str = "bn"
+    batch: int = 4
+    height: int = 256
+    width: int = 256
+    classes: int = 10
+    boxes: int = 4
+    threads: int | None = None
+
+
+def make_batch(
+    batch: int, height: int, width: int, num_classes: int, boxes_per_image: int, seed: int = 0
+) -> tuple[Tensor, list[dict[str, Tensor]]]:
+    """Random images in [0, 1] and ``boxes_per_image`` random boxes (side 16 px to half the image) each."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand((batch, 3, height, width), generator=g)
+    extent = torch.tensor([width, height], dtype=torch.float32)
+    targets = []
+    for _ in range(batch):
+        wh = 16 + torch.rand((boxes_per_image, 2), generator=g) * (extent / 2 - 16)
+        xy = torch.rand((boxes_per_image, 2), generator=g) * (extent - wh)
+        labels = torch.randint(0, num_classes, (boxes_per_image,), generator=g)
+        targets.append({"boxes": torch.cat((xy, xy + wh), dim=1), "labels": labels})
+    return images, targets
+
+
+def build_ours(depth: int, norm: str, num_classes: int) -> RetinaNet:
+    backbone = ResNetBackbone(depth, weights=None, norm=norm, frozen_stages=1)
+    return RetinaNet(num_classes, backbone, box_loss=L1Loss())
+
+
+def build_torchvision(depth: int, norm: str, num_classes: int, height: int, width: int) -> nn.Module:
+    from torchvision.models.detection import RetinaNet as TVRetinaNet
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops import FrozenBatchNorm2d
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+    c5 = 512 if depth < 50 else 2048
+    backbone = resnet_fpn_backbone(
+        backbone_name=f"resnet{depth}",
+        weights=None,
+        norm_layer=nn.BatchNorm2d if norm == "bn" else FrozenBatchNorm2d,
+        trainable_layers=3,  # layer2-4: stem and layer1 frozen, as our frozen_stages=1
+        returned_layers=[2, 3, 4],
+        extra_blocks=LastLevelP6P7(c5, 256),  # in != out channels: P6 from C5, as the paper and ours
+    )
+    # min_size / max_size equal to the image's sides: the transform's resize keeps the size.
+    return TVRetinaNet(backbone, num_classes, min_size=min(height, width), max_size=max(height, width))
+
+
+def build_model(kind: str, cfg: Config) -> nn.Module:
+    torch.manual_seed(0)
+    if kind == "balancedet":
+        return build_ours(cfg.depth, cfg.norm, cfg.classes)
+    return build_torchvision(cfg.depth, cfg.norm, cfg.classes, cfg.height, cfg.width)
+
+
+def make_step(model: nn.Module, images: Tensor, targets: list[dict[str, Tensor]], ours: bool) -> Callable[[], None]:
+    """A training step: forward (with the image normalisation), backward and an SGD update."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
+    mean = torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD).view(1, 3, 1, 1)
+    model.train()
+
+    def step() -> None:
+        if ours:
+            losses = model((images - mean) / std, targets)
+        else:
+            losses = model(list(images), targets)
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    return step
+
+
+def make_loss_stage(model: nn.Module, cfg: Config, ours: bool) -> Callable[[], None]:
+    """Anchors, assignment, losses and their backward on fixed head outputs of a ``cfg`` batch."""
+    from torchvision.models.detection.image_list import ImageList
+
+    _, targets = make_batch(cfg.batch, cfg.height, cfg.width, cfg.classes, cfg.boxes)
+    sizes = feature_map_sizes((cfg.height, cfg.width))
+    num_anchors = 9 * sum(h * w for h, w in sizes)
+    g = torch.Generator().manual_seed(1)
+    # Logits near the prior (p = 0.01), small deltas: what the heads give early in training.
+    cls = (torch.randn((cfg.batch, num_anchors, cfg.classes), generator=g) - 4.6).requires_grad_()
+    box = (0.1 * torch.randn((cfg.batch, num_anchors, 4), generator=g)).requires_grad_()
+    model.train()
+    if ours:
+
+        def stage() -> None:
+            anchors = model.anchor_generator(sizes)
+            losses = model.compute_loss(cls, box, anchors, targets)
+            sum(losses.values()).backward()
+
+        return stage
+    image_list = ImageList(torch.empty(cfg.batch, 3, cfg.height, cfg.width), [(cfg.height, cfg.width)] * cfg.batch)
+    feats = [torch.empty(cfg.batch, 1, h, w) for h, w in sizes]  # only their sizes are read
+
+    def tv_stage() -> None:
+        anchors = model.anchor_generator(image_list, feats)
+        losses = model.compute_loss(targets, {"cls_logits": cls, "bbox_regression": box}, anchors)
+        sum(losses.values()).backward()
+
+    return tv_stage
+
+
+def build_step(kind: str, stage: str, cfg: Config) -> tuple[nn.Module, Callable[[], None]]:
+    model = build_model(kind, cfg)
+    ours = kind == "balancedet"
+    if stage == "step":
+        images, targets = make_batch(cfg.batch, cfg.height, cfg.width, cfg.classes, cfg.boxes)
+        return model, make_step(model, images, targets, ours)
+    return model, make_loss_stage(model, cfg, ours)
+
+
+def peak_step_bytes(step: Callable[[], None]) -> int | None:
+    """Peak bytes allocated during one call of ``step`` and live at that moment (profiler allocator events).
+
+    ``None`` when this version of PyTorch does not expose the events.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        from torch._C._profiler import _EventType
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            step()
+        events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+        while stack:
+            event = stack.pop()
+            stack.extend(event.children)
+            if event.tag == _EventType.Allocation:
+                events.append((event.start_time_ns, event.extra_fields.total_allocated, event.extra_fields.alloc_size))
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    if not events:
+        return 0
+    events.sort()
+    baseline = events[0][1] - events[0][2]
+    return max(total for _, total, _ in events) - baseline
+
+
+def _memory_worker(kind: str, stage: str, cfg: dict, queue) -> None:
+    config = Config(**cfg)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    _, step = build_step(kind, stage, config)
+    step()
+    step()
+    queue.put(peak_step_bytes(step))
+
+
+def peak_in_subprocess(kind: str, stage: str, cfg: Config, timeout: float = 600.0) -> int | None:
+    """``peak_step_bytes`` of a fresh process that builds the model and runs two steps first."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(target=_memory_worker, args=(kind, stage, asdict(cfg), queue))
+    process.start()
+    try:
+        return queue.get(timeout=timeout)
+    finally:
+        process.join()
+
+
+@dataclass
+class Result:
+    kind: str
+    seconds: float
+    first_seconds: float
+    peak_bytes: int | None
+    params: int
+
+
+def time_interleaved(steps: list[Callable[[], None]], repeat: int, warmup: int) -> list[tuple[float, float]]:
+    """Median seconds per call of each step and its first call's time, the steps run in turn.
+
+    Alternating the models (A, B, A, B, ...) exposes both to the same load on a shared machine;
+    timing one model after the other lets a change in background load pass for a speed-up.
+    """
+    first = []
+    for step in steps:
+        start = time.perf_counter()
+        step()
+        first.append(time.perf_counter() - start)
+    for _ in range(max(warmup - 1, 0)):
+        for step in steps:
+            step()
+    times: list[list[float]] = [[] for _ in steps]
+    for _ in range(repeat):
+        for step, record in zip(steps, times, strict=True):
+            start = time.perf_counter()
+            step()
+            record.append(time.perf_counter() - start)
+    return [(statistics.median(t), f) for t, f in zip(times, first, strict=True)]
+
+
+def run_stage(stage: str, cfg: Config, repeat: int, warmup: int, memory: str) -> list[Result]:
+    built = [build_step(kind, stage, cfg) for kind in KINDS]
+    timings = time_interleaved([step for _, step in built], repeat, warmup)
+    results = []
+    for kind, (model, step), (seconds, first) in zip(KINDS, built, timings, strict=True):
+        if memory == "subprocess":
+            peak = peak_in_subprocess(kind, stage, cfg)
+        elif memory == "inline":
+            peak = peak_step_bytes(step)
+        else:
+            peak = None
+        results.append(Result(kind, seconds, first, peak, sum(p.numel() for p in model.parameters())))
+    return results
+
+
+def format_stage(stage: str, cfg: Config, results: list[Result]) -> str:
+    base = results[-1]
+    rows = [
+        [
+            f"{r.kind} RetinaNet",
+            f"{r.seconds * 1e3:.1f}",
+            f"{cfg.batch / r.seconds:.2f}",
+            f"{base.seconds / r.seconds:.2f}x",
+            human_bytes(r.peak_bytes) if r.peak_bytes is not None else "n/a",
+            f"{r.params / 1e6:.2f}M",
+            f"{r.first_seconds * 1e3:.0f}",
+        ]
+        for r in results
+    ]
+    what = "training step" if stage == "step" else "loss stage (anchors + assignment + losses + backward)"
+    title = f"{what}: {cfg.batch} images {cfg.height}x{cfg.width}, {cfg.classes} classes, {cfg.boxes} boxes/image"
+    header = ["model", "ms", "images/s", "vs torchvision", "peak memory", "params", "1st call ms"]
+    return f"{title}\n{format_table(header, rows)}"
+
+
+def _size(text: str) -> tuple[int, int]:
+    height, _, width = text.partition("x")
+    return int(height), int(width or height)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="balancedet bench detector", description=__doc__.split("\n")[0])
+    parser.add_argument("--depth", type=int, default=18, choices=[18, 34, 50, 101], help="ResNet depth")
+    parser.add_argument("--norm", choices=["bn", "frozen_bn"], default="bn", help="backbone norm, in both models")
+    parser.add_argument("--size", type=_size, default=(256, 256), help="training-step image size, H or HxW")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--boxes", type=int, default=4, help="ground-truth boxes per image")
+    parser.add_argument("--loss-size", type=_size, default=(800, 1344), help="loss-stage image size")
+    parser.add_argument("--loss-batch", type=int, default=2)
+    parser.add_argument("--loss-classes", type=int, default=80)
+    parser.add_argument("--loss-boxes", type=int, default=20)
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    parser.add_argument("--memory", choices=["subprocess", "inline", "off"], default="subprocess")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    configs = {
+        "step": Config(args.depth, args.norm, args.batch, *args.size, args.classes, args.boxes, args.threads),
+        "loss": Config(
+            args.depth, args.norm, args.loss_batch, *args.loss_size, args.loss_classes, args.loss_boxes, args.threads
+        ),
+    }
+    print(
+        f"balancedet bench detector: RetinaNet ResNet-{args.depth} ({args.norm}) + FPN P3-P7, SGD on CPU "
+        f"(threads={torch.get_num_threads()}, torch {torch.__version__}), median of {args.repeat}, "
+        f"memory: {args.memory}"
+    )
+    for stage in args.stages:
+        cfg = configs[stage]
+        results = run_stage(stage, cfg, args.repeat, args.warmup, args.memory)
+        print(format_stage(stage, cfg, results))
+        ours, theirs = results
+        speedup = theirs.seconds / ours.seconds
+        known = ours.peak_bytes is not None and theirs.peak_bytes is not None
+        memory = "unknown" if not known else "not above" if ours.peak_bytes <= theirs.peak_bytes else "ABOVE"
+        goal = ""
+        if stage == "step":
+            goal = f" (goal >= {GOAL_SPEEDUP}x: {'met' if speedup >= GOAL_SPEEDUP else 'MISSED'})"
+        print(f"{stage}: speed-up {speedup:.2f}x{goal}; peak memory {memory} torchvision's\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

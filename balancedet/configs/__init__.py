@@ -1,0 +1,1 @@
+"""YAML presets for ``balancedet train --config NAME``."""

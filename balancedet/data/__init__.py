@@ -1,0 +1,52 @@
+"""Datasets: COCO json, Pascal VOC xml, YOLO txt and the built-in digits scenes, as one record type.
+
+Every loader returns a ``RecordSet`` (``ImageRecord`` per image: xyxy pixel boxes, contiguous labels,
+crowd/difficult flags, plus the class names and the source category ids). A dataset is named by a
+small YAML file (``load_data_spec``); ``build_dataset`` turns a split into a ``DetectionDataset``
+with its transforms, ``collate_detection`` pads batches, and ``coco_ground_truth`` gives the COCO
+evaluator the ground truth in the source's ids, whatever the format.
+"""
+
+from balancedet.data.coco import load_coco
+from balancedet.data.dataset import DetectionDataset, build_dataset, coco_ground_truth, instance_counts
+from balancedet.data.digits import DIGITS_CLASSES, DigitsOptions, class_probabilities, prepare_digits, render_scene
+from balancedet.data.records import BOX_TOLERANCE, BadRecordWarning, ImageRecord, RecordSet
+from balancedet.data.spec import DataSpec, SplitSpec, load_data_spec
+from balancedet.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DetectionCollate,
+    DetectionTransform,
+    boxes_to_original,
+    collate_detection,
+)
+from balancedet.data.voc import load_voc
+from balancedet.data.yolo import load_yolo
+
+__all__ = [
+    "BOX_TOLERANCE",
+    "DIGITS_CLASSES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "BadRecordWarning",
+    "DataSpec",
+    "DetectionCollate",
+    "DetectionDataset",
+    "DetectionTransform",
+    "DigitsOptions",
+    "ImageRecord",
+    "RecordSet",
+    "SplitSpec",
+    "boxes_to_original",
+    "build_dataset",
+    "class_probabilities",
+    "coco_ground_truth",
+    "collate_detection",
+    "instance_counts",
+    "load_coco",
+    "load_data_spec",
+    "load_voc",
+    "load_yolo",
+    "prepare_digits",
+    "render_scene",
+]

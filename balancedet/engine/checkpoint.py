@@ -1,0 +1,67 @@
+"""Checkpoints written atomically, and the random state that makes a resumed run exact.
+
+A checkpoint holds everything a killed run needs to continue as if it had never stopped: the
+model (with its loss modules' buffers: GHM histograms, the positive-count EMA), the optimiser, the
+gradient scaler, the position in the schedule (epoch, batch within the epoch, global step), the
+Python/NumPy/torch random states, the rows of ``results.csv`` so far and the best metric. It also
+holds the configuration and the dataset's class names, so that ``eval`` and ``predict`` rebuild
+the model from the file alone.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a kill mid-write
+    leaves the previous checkpoint intact, never a truncated one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by ``balancedet train``; clear errors for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        raise ValueError(f"checkpoint {path}: cannot be read ({type(error).__name__}: {error})") from error
+    missing = [k for k in ("model", "config", "class_names") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path}: not a balancedet checkpoint (missing {', '.join(missing)})")
+    return ckpt

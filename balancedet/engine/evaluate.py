@@ -1,0 +1,219 @@
+"""COCO evaluation of a detector on a dataset split: AP, AP50, AP75, APs/m/l, AR@100, per class.
+
+The metrics come from faster-coco-eval (the COCO protocol, not re-implemented). Datasets in any
+format (COCO, VOC, YOLO, digits) are evaluated through the same COCO-format ground truth, with the
+dataset's original image and category ids; predictions are mapped back to the original image size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+#: ``metrics.json`` keys, in faster-coco-eval's ``stats`` order (indices 0-5 and 8).
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+_STATS_INDEX = (0, 1, 2, 3, 4, 5, 8)
+
+
+def to_original(boxes: torch.Tensor, target: dict[str, Any]) -> torch.Tensor:
+    """Boxes in the resized input back to the original image: undo the resize, clip to the image."""
+    from balancedet.data import boxes_to_original
+
+    out = boxes_to_original(boxes, target)
+    h, w = (int(v) for v in target["orig_size"])
+    out[:, 0::2] = out[:, 0::2].clamp(0, w)
+    out[:, 1::2] = out[:, 1::2].clamp(0, h)
+    return out
+
+
+@torch.no_grad()
+def predict_loader(
+    model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None = None
+) -> list[tuple[dict[str, Any], dict[str, torch.Tensor]]]:
+    """``(target, detections)`` per image, detections in original-image pixels on the CPU."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for images, targets in loader:
+            images = images.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                detections = model(images)
+            for target, det in zip(targets, detections, strict=True):
+                boxes = to_original(det["boxes"].float().cpu(), target)
+                out.append(
+                    (target, {"boxes": boxes, "scores": det["scores"].float().cpu(), "labels": det["labels"].cpu()})
+                )
+    finally:
+        model.train(was_training)
+    return out
+
+
+def coco_results(predictions: Sequence[tuple[dict[str, Any], dict[str, torch.Tensor]]], category_ids: Sequence[int]):
+    """COCO result records ``{image_id, category_id, bbox [x, y, w, h], score}``."""
+    ids = torch.as_tensor(list(category_ids))
+    results = []
+    for target, det in predictions:
+        boxes = det["boxes"].double()
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1).tolist()
+        cats = ids[det["labels"]].tolist()
+        for box, cat, score in zip(xywh, cats, det["scores"].tolist(), strict=True):
+            results.append(
+                {"image_id": int(target["image_id"]), "category_id": int(cat), "bbox": box, "score": float(score)}
+            )
+    return results
+
+
+def coco_evaluate(
+    ground_truth: dict[str, Any], results: list[dict[str, Any]], category_ids: Sequence[int]
+) -> dict[str, Any]:
+    """Run the COCO protocol. Returns ``metrics`` (``METRIC_KEYS`` -> fraction), ``per_class_ap``
+    (AP per contiguous class, NaN for a class without ground truth), ``precision`` at IoU 0.5
+    ``(101 recall points, K)`` and the ``recall`` thresholds."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):
+        gt = COCO(ground_truth)
+        if not results:
+            # No detection at all: AP 0 for every class that has ground truth, undefined otherwise.
+            present = {a["category_id"] for a in ground_truth.get("annotations", []) if not a.get("iscrowd", 0)}
+            nan = float("nan") if not present else 0.0
+            k = len(category_ids)
+            return {
+                "metrics": dict.fromkeys(METRIC_KEYS, nan),
+                "per_class_ap": [0.0 if c in present else float("nan") for c in category_ids],
+                "precision50": np.zeros((101, k)),
+                "recall_thresholds": np.linspace(0, 1, 101),
+            }
+        dt = gt.loadRes(results)
+        evaluator = COCOeval_faster(gt, dt, iouType="bbox")
+        evaluator.params.catIds = [int(c) for c in category_ids]
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = evaluator.stats
+    metrics = {
+        key: max(float(stats[i]), 0.0) if stats[i] >= 0 else float("nan")
+        for key, i in zip(METRIC_KEYS, _STATS_INDEX, strict=True)
+    }
+    # precision: (T IoUs, R recalls, K classes, A areas, M max-dets); -1 where a class has no ground truth.
+    precision = np.asarray(evaluator.eval["precision"])
+    per_class = []
+    for k in range(precision.shape[2]):
+        p = precision[:, :, k, 0, -1]
+        per_class.append(float(p[p > -1].mean()) if (p > -1).any() else float("nan"))
+    p50 = precision[0, :, :, 0, -1]
+    return {
+        "metrics": metrics,
+        "per_class_ap": per_class,
+        "precision50": np.where(p50 > -1, p50, 0.0),
+        "recall_thresholds": np.asarray(evaluator.params.recThrs),
+    }
+
+
+def confusion_matrix(
+    predictions: Sequence[tuple[dict[str, Any], dict[str, torch.Tensor]]],
+    num_classes: int,
+    score_thresh: float = 0.25,
+    iou_thresh: float = 0.5,
+) -> np.ndarray:
+    """``(K + 1, K + 1)`` counts, rows = predicted class (last: background = missed object),
+    columns = true class (last: background = false detection), as ultralytics draws it.
+
+    Each ground-truth box is matched greedily, highest score first, to one detection of IoU >= 0.5.
+    """
+    from torchvision.ops import box_iou
+
+    matrix = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
+    for target, det in predictions:
+        gt_boxes = to_original(target["boxes"].float(), target)
+        gt_labels = target["labels"]
+        keep = det["scores"] >= score_thresh
+        boxes, labels = det["boxes"][keep], det["labels"][keep]
+        order = det["scores"][keep].argsort(descending=True)
+        boxes, labels = boxes[order], labels[order]
+        taken = torch.zeros(len(gt_boxes), dtype=torch.bool)
+        if len(gt_boxes) and len(boxes):
+            iou = box_iou(boxes, gt_boxes)
+            for i in range(len(boxes)):
+                candidates = torch.where(~taken & (iou[i] >= iou_thresh), iou[i], -1.0)
+                j = int(candidates.argmax())
+                if candidates[j] >= 0:
+                    taken[j] = True
+                    matrix[int(labels[i]), int(gt_labels[j])] += 1
+                else:
+                    matrix[int(labels[i]), num_classes] += 1
+        else:
+            for label in labels.tolist():
+                matrix[label, num_classes] += 1
+        for j in torch.nonzero(~taken).flatten().tolist():
+            matrix[num_classes, int(gt_labels[j])] += 1
+    return matrix
+
+
+def evaluate_checkpoint(
+    checkpoint: str,
+    data: str | None = None,
+    split: str = "val",
+    output: str | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """``balancedet eval``: COCO metrics of a checkpoint on a dataset split, per-class AP, PR curve.
+
+    ``data`` defaults to the dataset the checkpoint was trained on; its class names must match the
+    checkpoint's (same names in the same order), since the model's outputs are indexed by them.
+    """
+    import json
+    from pathlib import Path
+
+    from balancedet.engine.build import build_model
+    from balancedet.engine.checkpoint import load_checkpoint
+    from balancedet.engine.plots import plot_pr_curves
+    from balancedet.engine.train import (
+        amp_dtype,
+        evaluate_model,
+        increment_dir,
+        load_split,
+        per_class_table,
+        resolve_device,
+    )
+
+    ckpt = load_checkpoint(checkpoint)
+    config = ckpt["config"]
+    if data is not None:
+        config["data"]["dataset"] = data
+    if batch_size is not None:
+        config["train"]["batch_size"] = batch_size
+    dataset = load_split(config, split, train=False)
+    if list(dataset.class_names) != list(ckpt["class_names"]):
+        raise ValueError(
+            f"dataset {config['data']['dataset']}: classes {list(dataset.class_names)} differ from the checkpoint's "
+            f"{list(ckpt['class_names'])} ({checkpoint})"
+        )
+    dev = resolve_device(device)
+    model = build_model(config["model"], len(ckpt["class_names"]))
+    model.load_state_dict(ckpt["model"])
+    model.to(dev)
+    report, _ = evaluate_model(model, dataset, config, dev, amp_dtype(config["train"]["amp"], dev))
+    folder = increment_dir(Path(output or "runs/eval/exp"))
+    folder.mkdir(parents=True)
+    precision = report["precision50"]
+    ap50 = [
+        float(precision[:, k].mean()) if np.isfinite(a) else float("nan") for k, a in enumerate(report["per_class_ap"])
+    ]
+    plot_pr_curves(precision, report["recall_thresholds"], dataset.class_names, ap50, folder / "PR_curve.png")
+    finite = {k: (v if np.isfinite(v) else None) for k, v in report["metrics"].items()}
+    (folder / "metrics.json").write_text(json.dumps(finite, indent=2))
+    print(f"{split}: {len(dataset)} images, " + ", ".join(f"{k} {report['metrics'][k]:.3f}" for k in METRIC_KEYS))
+    print(per_class_table(report, list(dataset.class_names)))
+    print(f"results in {folder}")
+    return {"output": folder, **report}
