@@ -93,3 +93,18 @@ def check_range(name: str, t: Tensor, low: float, high: float) -> None:
         return
     ok = torch.isfinite(t).all() & (t.min() >= low) & (t.max() <= high)
     _value_check(ok, f"{name} (shape {shape_str(t)}) must be finite and lie in [{low}, {high}]", t.device)
+
+
+def split_targets(logits: Tensor, targets: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    """Sigmoid-loss targets as ``(labels, None)`` for integer labels ``(N,)`` (``C`` = background) or
+    ``(None, targets)`` for float targets of the logits' shape ``(N, C)`` in [0, 1], validated."""
+    n, c = logits.shape
+    if isinstance(targets, Tensor) and targets.is_floating_point():
+        if targets.shape != logits.shape:
+            raise ValueError(
+                f"float targets must have the shape of logits {shape_str(logits)}, got {shape_str(targets)}"
+            )
+        check_range("targets", targets, 0.0, 1.0)
+        return None, targets
+    check_labels("targets", targets, n, 0, c)
+    return targets, None

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from balancedet.losses.checks import check_float, check_labels, check_range, shape_str
+from balancedet.losses.checks import check_float, check_labels, shape_str, split_targets
 from balancedet.losses.reduce import check_reduction, expand_weight, scale_tensor, weight_reduce_loss
 from balancedet.losses.sigmoid_terms import (
     negative_focal_terms,
@@ -117,20 +117,6 @@ def _reference_sigmoid_focal(
     return weight_reduce_loss(loss, w, reduction, avg_factor)
 
 
-def _check_targets(logits: Tensor, targets: Tensor) -> tuple[Tensor | None, Tensor | None]:
-    """Split ``targets`` into integer labels (N,) or float targets (N, C), validated."""
-    n, c = logits.shape
-    if isinstance(targets, Tensor) and targets.is_floating_point():
-        if targets.shape != logits.shape:
-            raise ValueError(
-                f"float targets must have the shape of logits {shape_str(logits)}, got {shape_str(targets)}"
-            )
-        check_range("targets", targets, 0.0, 1.0)
-        return None, targets
-    check_labels("targets", targets, n, 0, c)
-    return targets, None
-
-
 def sigmoid_focal_loss(
     logits: Tensor,
     targets: Tensor,
@@ -162,7 +148,7 @@ def sigmoid_focal_loss(
         raise ValueError(f"gamma must be >= 0, got {gamma!r}")
     if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1] or be None, got {alpha!r}")
-    labels, soft = _check_targets(logits, targets)
+    labels, soft = split_targets(logits, targets)
     w = expand_weight(weight, logits.shape)
     if w is not None and w.requires_grad:
         y = soft if soft is not None else _one_hot(labels, logits.shape[1])
@@ -250,7 +236,7 @@ def focal_loss_star(
     check_reduction(reduction, avg_factor)
     if gamma <= 0:
         raise ValueError(f"gamma must be > 0 for FL*, got {gamma!r}")
-    labels, soft = _check_targets(logits, targets)
+    labels, soft = split_targets(logits, targets)
     xc = upcast(logits)
     y01 = soft.to(xc.dtype) if soft is not None else _one_hot(labels, logits.shape[1]).to(xc.dtype)
     xt = (2.0 * y01 - 1.0) * xc

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from balancedet.losses.backend import fused_kernel
-from balancedet.losses.checks import check_finite, check_float, check_labels, check_range, shape_str
+from balancedet.losses.checks import check_finite, check_float, shape_str, split_targets
 from balancedet.losses.sigmoid_terms import upcast
 
 __all__ = ["GHMC", "GHMR", "ghm_c_loss", "ghm_r_loss"]
@@ -211,20 +211,6 @@ class _GHMCFunction(torch.autograd.Function):
         return _ghmc_grad(x, labels, soft, idx, table * grad_output.to(table.dtype)), None, None, None, None
 
 
-def _check_targets(logits: Tensor, targets: Tensor) -> tuple[Tensor | None, Tensor | None]:
-    """Split ``targets`` into int64 labels ``(N,)`` or float targets ``(N, C)``, validated."""
-    n, c = logits.shape
-    if isinstance(targets, Tensor) and targets.is_floating_point():
-        if targets.shape != logits.shape:
-            raise ValueError(
-                f"float targets must have the shape of logits {shape_str(logits)}, got {shape_str(targets)}"
-            )
-        check_range("targets", targets, 0.0, 1.0)
-        return None, targets
-    check_labels("targets", targets, n, 0, c)
-    return targets.long(), None
-
-
 def _check_valid(valid: Tensor | None, shape: torch.Size) -> Tensor | None:
     """``valid`` as ``(N, 1)`` or ``(N, K)`` (non-zero = valid), or None."""
     if valid is None:
@@ -256,7 +242,8 @@ def _ghmc(
     running: tuple[Tensor, Tensor, float, bool] | None,
 ) -> Tensor:
     check_float("logits", logits, dim=2)
-    labels, soft = _check_targets(logits, targets)
+    labels, soft = split_targets(logits, targets)
+    labels = labels.long() if labels is not None else None
     mask = _check_valid(valid, logits.shape)
     with torch.no_grad():
         x = logits.detach()
