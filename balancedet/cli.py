@@ -8,6 +8,7 @@ imbalance) and ``bench losses|assign|detector``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 BENCHMARKS = {
@@ -60,8 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":
-        import importlib
-
         return importlib.import_module(BENCHMARKS[args.target]).main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -74,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Each command imports its module here, not at the top: torch, the models and the plotting
+    # stack load only for the command that needs them, so ``balancedet --help`` answers at once.
     if args.command == "demo":
         from balancedet.demo import run_demo
 

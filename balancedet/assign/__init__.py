@@ -1,4 +1,4 @@
-"""Assigners: which anchors are positive, negative or ignored (shared/SPEC.md section 3)."""
+"""Assigners: which anchors are positive, negative or ignored (docs/conventions.md)."""
 
 from balancedet.assign.atss import ATSSAssigner
 from balancedet.assign.max_iou import MaxIoUAssigner

@@ -6,8 +6,8 @@ ignored in between. Ren et al., "Faster R-CNN", NeurIPS 2015, arXiv 1506.01497, 
 the low-quality matches: each box also claims "the anchor/anchors with the highest IoU" with it.
 
 Batched over images with padded ground truth, and chunked over anchors (and images) so that the
-``(B, G, A)`` IoU block never has to exist at once (shared/SPEC.md section 3). Two defects of
-mmdetection's ``MaxIoUAssigner`` are not repeated (SPEC section 6): low-quality matching is
+``(B, G, A)`` IoU block never has to exist at once. Two defects of mmdetection's
+``MaxIoUAssigner`` are not repeated (docs/conventions.md): low-quality matching is
 vectorised instead of a Python loop over boxes, and a box whose best IoU is 0 claims nothing
 (``> min_pos_iou``, strictly) instead of claiming every anchor it does not touch.
 """

@@ -20,6 +20,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torchvision
@@ -29,7 +30,7 @@ from torchvision.models.detection._utils import Matcher
 from balancedet.assign import MaxIoUAssigner
 from balancedet.bench.common import format_table, human_bytes, synchronize, time_call
 from balancedet.boxes import AnchorGenerator, feature_map_sizes
-from balancedet.samplers import InstanceBalancedPosSampler, IoUBalancedNegSampler, RandomSampler
+from balancedet.samplers import Candidates, InstanceBalancedPosSampler, RandomSampler, libra_sampler
 
 NUM_CLASSES = 80
 #: Libra R-CNN's box head: 512 RoIs per image, at most a quarter positive.
@@ -206,20 +207,19 @@ def assignment_row(problem: Problem, device: torch.device, repeat: int, warmup: 
 
 def sampling_rows(images: int, proposals: int, device: torch.device, repeat: int, warmup: int) -> list[Row]:
     matched, max_iou = sampling_inputs(images, proposals, device)
-    instance = InstanceBalancedPosSampler(SAMPLES, POS_FRACTION)
-    libra = IoUBalancedNegSampler(SAMPLES, POS_FRACTION, pos_sampler=instance)
-    uniform = RandomSampler(SAMPLES, POS_FRACTION)
     gen = torch.Generator(device=device).manual_seed(0)
-    cases: list[tuple[str, Callable[[], tuple[Tensor, Tensor]]]] = [
-        ("IoU-balanced neg + instance-balanced pos", lambda: libra.masks(matched, max_iou, gen)),
-        ("instance-balanced pos + random neg", lambda: instance.masks(matched, gen)),
-        ("random (reference)", lambda: uniform.masks(matched, gen)),
+    candidates = Candidates(matched, max_iou=max_iou, generator=gen)
+    samplers = [
+        ("IoU-balanced neg + instance-balanced pos", libra_sampler(SAMPLES, POS_FRACTION)),
+        ("instance-balanced pos + random neg", InstanceBalancedPosSampler(SAMPLES, POS_FRACTION)),
+        ("random (reference)", RandomSampler(SAMPLES, POS_FRACTION)),
     ]
     rows = []
-    for name, fn in cases:
+    for name, sampler in samplers:
+        fn = partial(sampler, candidates)
         seconds, _ = time_call(fn, device, repeat, warmup)
-        pos, neg = fn()
-        kept = f"kept {int(pos.sum()) / images:.0f} pos + {int(neg.sum()) / images:.0f} neg per image"
+        sample = fn()
+        kept = f"kept {int(sample.pos.sum()) / images:.0f} pos + {int(sample.neg.sum()) / images:.0f} neg per image"
         rows.append(Row(f"{name} {images}x{proposals}", seconds, agreement=kept))
     return rows
 

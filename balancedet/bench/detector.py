@@ -149,8 +149,8 @@ def make_loss_stage(model: nn.Module, cfg: Config, ours: bool) -> Callable[[], N
     if ours:
 
         def stage() -> None:
-            anchors = model.anchor_generator(sizes)
-            losses = model.compute_loss(cls, box, anchors, targets)
+            priors = model.prior_generator(sizes, cls.device)
+            losses = model.criterion(cls, box, priors, targets)
             sum(losses.values()).backward()
 
         return stage

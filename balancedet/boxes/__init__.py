@@ -1,4 +1,4 @@
-"""Boxes: anchors and anchor points, box coders, and IoU geometry (shared/SPEC.md section 4)."""
+"""Boxes: anchors and anchor points, box coders, and IoU geometry (docs/conventions.md)."""
 
 from balancedet.boxes.anchors import AnchorGenerator, AnchorPoints, feature_map_sizes, points_to_anchors
 from balancedet.boxes.coders import DeltaXYWHCoder, DistancePointCoder

@@ -7,7 +7,7 @@ aspect ratios {1:2, 1:1, 2:1} and three scales {2^0, 2^(1/3), 2^(2/3)}, 9 per lo
 2020, arXiv 2006.04388), and ``points_to_anchors`` turns points into the square anchors that
 ATSS compares with the ground truth.
 
-Conventions (shared/SPEC.md section 4):
+Conventions (docs/conventions.md):
 
 - Boxes are ``(x1, y1, x2, y2)`` in input-image pixels, width ``x2 - x1``.
 - Location ``(i, j)`` of a level with stride ``s`` is centred on ``((j + offset) * s, (i + offset) * s)``.

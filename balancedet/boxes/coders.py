@@ -110,7 +110,7 @@ class DistancePointCoder:
 
     Distances are divided by the point's stride when ``strides`` are given (GFL regresses them in
     units of the level's stride). With ``max_distance`` set, encoded distances are clamped to
-    ``[0, max_distance - eps]`` (GFL: ``max_distance = reg_max = 16``; shared/SPEC.md section 1 and
+    ``[0, max_distance - eps]`` (GFL: ``max_distance = reg_max = 16``; GFL eq. 6 and
     the DFL loss use ``eps = 0.01``, GFL's released code ``0.1``); without it they are returned raw
     (negative for a side the point lies beyond). Decoding does not clamp.
     """

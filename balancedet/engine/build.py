@@ -1,102 +1,293 @@
-"""One way to build any detector from a configuration's ``model`` section (the preset names of
-``configs/`` and ``--set model.key=value`` map here onto the models' explicit constructor arguments).
+"""One way to build any detector from a configuration's ``model`` section.
 
-``cls_loss``: ``focal`` (FL, alpha/gamma), ``ce`` (plain sigmoid CE), ``alpha_ce`` (alpha-balanced
-CE), ``focal_star`` (FL*, gamma/beta 2/1), ``ghmc`` (GHM-C, 30 bins, momentum 0.75).
-``box_loss``: ``smooth_l1`` (beta 1/9), ``l1``, ``balanced_l1`` (Libra), ``ghmr`` (GHM-R), ``giou``.
-``sampler``: ``null``, ``ohem`` (top-loss negatives at 3:1 over the dense anchors) or ``ssd``
-(per-image hard-negative mining at 3:1). ``anchor_sizes`` apply to RetinaNet. GFL uses its own
-losses (QFL + DFL + GIoU) and ATSS on square anchors of ``octave_base_scale * stride``.
+Each model type declares its keys and their defaults (``MODEL_KEYS``); a key the chosen type does not
+use is an error naming it, so ``--config gfl_digits --set model.sampler=ohem`` fails instead of
+training without a sampler. The remedies are names mapped to a constructor and the settings its paper
+(or the authors' released configuration) uses *in that place*; ``<part>_args`` overrides any of them,
+e.g. ``--set model.box_loss_args.beta=0.11``. The table of settings and their sources:
+
+================  ==============================================================  =============================
+name              setting                                                         source
+================  ==============================================================  =============================
+focal             alpha 0.25, gamma 2                                             focal paper, sec. 4.1, Table 1b
+ce                plain sigmoid CE                                                focal paper, eq. 1
+alpha_ce          alpha 0.75                                                      focal paper, Table 1a (best CE)
+focal_star        gamma 2, beta 1                                                 focal paper, appendix A
+ghmc              30 bins, momentum 0.75                                          GHM authors' RetinaNet config
+qfl               beta 2                                                          GFL paper, eq. 5 and sec. 4
+smooth_l1         beta 0.11                                                       Detectron RETINANET.BBOX_REG_BETA
+balanced_l1       alpha 0.5, gamma 1.5, beta 0.11                                 Libra RetinaNet config
+ghmr              mu 0.02, 10 bins, momentum 0.7, loss weight 10                  GHM authors' RetinaNet config
+giou (GFL)        loss weight 2.0                                                 GFL paper, sec. 4
+dfl_weight (GFL)  0.25                                                            GFL paper, sec. 4
+random            256 anchors, 0.5 positive                                       Faster R-CNN sec. 3.1.3 (RPN)
+ohem              all positives, hardest negatives at 3:1                         OHEM as in dense-detector use
+ssd               hardest negatives at neg:pos <= 3:1                             SSD paper, sec. 2.2
+iou_balanced      256, 0.5 positive, 3 IoU bins                                   Libra R-CNN, eq. 2 (K = 3)
+libra             IoU-balanced negatives + instance-balanced positives            Libra R-CNN, sec. 3.1
+================  ==============================================================  =============================
+
+``giou`` in RetinaNet and ``sohem`` have no published setting for this place: GIoU gets weight 1, and
+S-OHEM's stage schedule must be given (``sampler_args.schedule: linear_shift | ohem``), since the
+S-OHEM paper's table could not be obtained (see ``balancedet.samplers.sohem``).
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from balancedet import losses
-from balancedet.samplers import HardNegativeMiner, OHEMSampler
+from balancedet.assign import ATSSAssigner, MaxIoUAssigner
+from balancedet.boxes.anchors import FPN_STRIDES
+from balancedet.models.detector import DensePostProcess
+from balancedet.models.gfl import GFL
+from balancedet.models.heads import DenseHead
+from balancedet.models.normalizer import PositiveNormalizer
+from balancedet.models.pyramid import build_pyramid
+from balancedet.models.retinanet import RetinaNet
+from balancedet.samplers import (
+    LINEAR_SHIFT_SCHEDULE,
+    OHEM_SCHEDULE,
+    HardNegativeMiner,
+    InstanceBalancedPosSampler,
+    IoUBalancedNegSampler,
+    OHEMSampler,
+    RandomSampler,
+    SOHEMSampler,
+    libra_sampler,
+)
 
-CLS_LOSSES = ("focal", "ce", "alpha_ce", "focal_star", "ghmc")
-BOX_LOSSES = ("smooth_l1", "l1", "balanced_l1", "ghmr", "giou")
-SAMPLERS = (None, "ohem", "ssd")
-MODEL_TYPES = ("retinanet", "gfl")
+__all__ = ["MODEL_KEYS", "MODEL_TYPES", "REMEDIES", "build_model", "build_remedies", "resolve_model_config"]
+
+#: A remedy: its constructor and the keyword arguments of its paper's setting in this place.
+Remedy = tuple[Callable[..., Any], dict[str, Any]]
+
+_DENSE_CLS: dict[str, Remedy] = {
+    "focal": (losses.FocalLoss, {"alpha": 0.25, "gamma": 2.0}),
+    "ce": (losses.BinaryCrossEntropyLoss, {"alpha": None}),
+    "alpha_ce": (losses.BinaryCrossEntropyLoss, {"alpha": 0.75}),
+    "focal_star": (losses.FocalLossStar, {"gamma": 2.0, "beta": 1.0}),
+    "ghmc": (losses.GHMC, {"bins": 30, "momentum": 0.75}),
+}
+_DENSE_BOX: dict[str, Remedy] = {
+    "smooth_l1": (losses.SmoothL1Loss, {"beta": 0.11}),
+    "l1": (losses.L1Loss, {}),
+    "balanced_l1": (losses.BalancedL1Loss, {"alpha": 0.5, "gamma": 1.5, "beta": 0.11}),
+    "ghmr": (losses.GHMR, {"mu": 0.02, "bins": 10, "momentum": 0.7, "loss_weight": 10.0}),
+    "giou": (losses.GIoULoss, {"loss_weight": 1.0}),
+    "iou": (losses.IoULoss, {"loss_weight": 1.0}),
+}
+_DENSE_SAMPLERS: dict[str | None, Remedy | None] = {
+    None: None,
+    "random": (RandomSampler, {"num": 256, "pos_fraction": 0.5}),
+    "ohem": (OHEMSampler, {"num": None, "neg_pos_ratio": 3.0}),
+    "ssd": (HardNegativeMiner, {"neg_pos_ratio": 3.0}),
+    "sohem": (SOHEMSampler, {"num": 256}),
+    "iou_balanced": (IoUBalancedNegSampler, {"num": 256, "pos_fraction": 0.5, "num_bins": 3}),
+    "instance_balanced": (InstanceBalancedPosSampler, {"num": 256, "pos_fraction": 0.5}),
+    "libra": (libra_sampler, {"num": 256, "pos_fraction": 0.5, "num_bins": 3}),
+}
+_SOHEM_SCHEDULES = {"linear_shift": LINEAR_SHIFT_SCHEDULE, "ohem": OHEM_SCHEDULE}
+
+#: Per model type: the remedies it accepts for each part.
+REMEDIES: dict[str, dict[str, dict]] = {
+    "retinanet": {"cls_loss": _DENSE_CLS, "box_loss": _DENSE_BOX, "sampler": _DENSE_SAMPLERS},
+    "gfl": {
+        "cls_loss": {"qfl": (losses.QualityFocalLoss, {"beta": 2.0}), "focal": _DENSE_CLS["focal"]},
+        "box_loss": {"giou": (losses.GIoULoss, {"loss_weight": 2.0}), "iou": (losses.IoULoss, {"loss_weight": 2.0})},
+    },
+}
+
+_COMMON: dict[str, Any] = {
+    "type": None,
+    "backbone": 50,
+    "backbone_weights": None,
+    "norm": "frozen_bn",
+    "frozen_stages": 1,
+    "fpn_channels": 256,
+    "bfp": False,
+    "head_channels": 256,
+    "num_convs": 4,
+    "prior_prob": 0.01,
+    "cls_loss_args": {},
+    "box_loss_args": {},
+    "assigner_args": {},
+    "normalizer_momentum": None,
+    "score_thresh": 0.05,
+    "topk": 1000,
+    "max_dets": 100,
+}
+
+#: Every key of each model type with its default (the paper's).
+MODEL_KEYS: dict[str, dict[str, Any]] = {
+    "retinanet": {
+        **_COMMON,
+        "type": "retinanet",
+        "head_norm": None,
+        "anchor_sizes": [32, 64, 128, 256, 512],
+        "anchor_ratios": [0.5, 1.0, 2.0],
+        "anchor_scales": [1.0, 2 ** (1 / 3), 2 ** (2 / 3)],
+        "cls_loss": "focal",
+        "box_loss": "smooth_l1",
+        "sampler": None,
+        "sampler_args": {},
+        "nms_iou": 0.5,
+    },
+    "gfl": {
+        **_COMMON,
+        "type": "gfl",
+        "head_norm": "gn",
+        "octave_base_scale": 8.0,
+        "reg_max": 16,
+        "cls_loss": "qfl",
+        "box_loss": "giou",
+        "dfl_weight": 0.25,
+        "nms_iou": 0.6,
+    },
+}
+MODEL_TYPES = tuple(MODEL_KEYS)
+
+_ASSIGNERS = {"retinanet": MaxIoUAssigner, "gfl": ATSSAssigner}
 
 
-def _choice(cfg: dict[str, Any], key: str, options: tuple) -> Any:
-    value = cfg[key]
-    if value not in options:
-        raise ValueError(f"model.{key}={value!r}: expected one of {', '.join(map(str, options))}")
+def resolve_model_config(cfg: dict[str, Any], where: str = "model") -> dict[str, Any]:
+    """``cfg`` completed with its type's defaults; unknown keys, choices or arguments raise naming them."""
+    kind = cfg.get("type", "retinanet")
+    if kind not in MODEL_KEYS:
+        raise ValueError(f"{where}.type={kind!r}: expected one of {', '.join(MODEL_TYPES)}")
+    known = MODEL_KEYS[kind]
+    unknown = sorted(set(cfg) - set(known))
+    if unknown:
+        raise ValueError(
+            f"{where}: {', '.join(f'model.{k}' for k in unknown)} not used by model type {kind!r} "
+            f"(its keys: {', '.join(sorted(known))})"
+        )
+    resolved = copy.deepcopy(known)
+    for key, value in cfg.items():
+        if key.endswith("_args"):
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: model.{key} must be a mapping of argument names, got {value!r}")
+            value = {name: _number(v) for name, v in value.items()}
+        elif isinstance(known[key], (int, float)) and not isinstance(known[key], bool):
+            value = _number(value)
+        resolved[key] = copy.deepcopy(value)
+    for part, options in REMEDIES[kind].items():
+        name = resolved[part]
+        if name not in options:
+            choices = ", ".join("null" if o is None else o for o in options)
+            raise ValueError(f"{where}: model.{part}={name!r} is not available for {kind!r} (choices: {choices})")
+        if options[name] is None and resolved.get(f"{part}_args"):
+            raise ValueError(f"{where}: model.{part}_args given without a model.{part}")
+        if options[name] is not None:
+            _check_args(options[name][0], resolved[f"{part}_args"], f"{where}: model.{part}_args ({part}={name})")
+    _check_args(_ASSIGNERS[kind], resolved["assigner_args"], f"{where}: model.assigner_args")
+    if kind == "retinanet" and resolved["sampler"] == "sohem" and "schedule" not in resolved["sampler_args"]:
+        raise ValueError(
+            f"{where}: model.sampler=sohem needs model.sampler_args.schedule ({' | '.join(_SOHEM_SCHEDULES)}): the "
+            "S-OHEM paper's stage schedule is not available to this project, so there is no default"
+        )
+    return resolved
+
+
+def _number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string: such a string becomes the number it spells."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
     return value
 
 
-def build_cls_loss(cfg: dict[str, Any]) -> nn.Module:
-    name = _choice(cfg, "cls_loss", CLS_LOSSES)
-    if name == "focal":
-        return losses.FocalLoss(alpha=cfg["alpha"], gamma=cfg["gamma"])
-    if name == "ce":
-        return losses.BinaryCrossEntropyLoss(alpha=None)
-    if name == "alpha_ce":
-        return losses.BinaryCrossEntropyLoss(alpha=cfg["alpha"])
-    if name == "focal_star":
-        return losses.FocalLossStar(gamma=cfg["gamma"], beta=1.0)
-    return losses.GHMC(bins=30, momentum=0.75)
+def _check_args(constructor: Callable[..., Any], args: dict[str, Any], where: str) -> None:
+    parameters = inspect.signature(constructor).parameters
+    unknown = sorted(set(args) - set(parameters))
+    if unknown:
+        accepted = ", ".join(p for p in parameters if p not in ("self", "process_group"))
+        raise ValueError(f"{where}: unknown argument(s) {', '.join(unknown)} (accepted: {accepted})")
 
 
-def build_box_loss(cfg: dict[str, Any]) -> nn.Module:
-    name = _choice(cfg, "box_loss", BOX_LOSSES)
-    if name == "smooth_l1":
-        return losses.SmoothL1Loss(beta=1.0 / 9.0)
-    if name == "l1":
-        return losses.L1Loss()
-    if name == "balanced_l1":
-        return losses.BalancedL1Loss(alpha=0.5, gamma=1.5, beta=1.0)
-    if name == "ghmr":
-        return losses.GHMR(mu=0.02, bins=10, momentum=0.7)
-    return losses.GIoULoss()
+def _make(remedy: Remedy | None, args: dict[str, Any]) -> Any:
+    if remedy is None:
+        return None
+    constructor, defaults = remedy
+    return constructor(**{**defaults, **args})
 
 
-def build_sampler(cfg: dict[str, Any]):
-    name = _choice(cfg, "sampler", SAMPLERS)
-    if name == "ohem":
-        return OHEMSampler(num=None)
-    if name == "ssd":
-        return HardNegativeMiner()
-    return None
+def _sampler_args(args: dict[str, Any]) -> dict[str, Any]:
+    schedule = args.get("schedule")
+    if isinstance(schedule, str):
+        if schedule not in _SOHEM_SCHEDULES:
+            raise ValueError(f"model.sampler_args.schedule={schedule!r}: expected one of {', '.join(_SOHEM_SCHEDULES)}")
+        return {**args, "schedule": _SOHEM_SCHEDULES[schedule]}
+    return args
+
+
+def build_remedies(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The criterion's parts of a resolved ``cfg``: ``cls_loss``, ``box_loss``, ``assigner``, ``normalizer``
+    (and ``sampler`` for RetinaNet), each with its paper's setting updated by ``<part>_args``."""
+    kind = cfg["type"]
+    remedies = REMEDIES[kind]
+    parts = {
+        "cls_loss": _make(remedies["cls_loss"][cfg["cls_loss"]], cfg["cls_loss_args"]),
+        "box_loss": _make(remedies["box_loss"][cfg["box_loss"]], cfg["box_loss_args"]),
+        "assigner": _ASSIGNERS[kind](**cfg["assigner_args"]),
+        "normalizer": PositiveNormalizer(momentum=cfg["normalizer_momentum"]),
+    }
+    if "sampler" in remedies:
+        parts["sampler"] = _make(remedies["sampler"][cfg["sampler"]], _sampler_args(cfg["sampler_args"]))
+    return parts
 
 
 def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     """The detector of ``cfg`` (a config's ``model`` section) for ``num_classes`` object classes."""
-    from balancedet.models.normalizer import PositiveNormalizer
-
-    kind = _choice(cfg, "type", MODEL_TYPES)
-    common = {
-        "backbone": cfg["backbone"],
-        "backbone_weights": cfg["backbone_weights"],
-        "backbone_norm": cfg["norm"],
-        "frozen_stages": cfg["frozen_stages"],
-        "fpn_channels": cfg["fpn_channels"],
-        "bfp": "non_local" if cfg["bfp"] is True else (cfg["bfp"] or None),
-        "head_channels": cfg["head_channels"],
-        "num_convs": cfg["num_convs"],
-        "score_thresh": cfg["score_thresh"],
-        "topk_candidates": cfg["topk"],
-        "nms_iou": cfg["nms_iou"],
-        "max_detections": cfg["max_dets"],
-        "normalizer": PositiveNormalizer(momentum=cfg["normalizer_momentum"]),
+    cfg = resolve_model_config(cfg)
+    retinanet = cfg["type"] == "retinanet"
+    strides = FPN_STRIDES
+    backbone, neck = build_pyramid(
+        cfg["backbone"],
+        strides,
+        extra_from="c5" if retinanet else "p5",
+        weights=cfg["backbone_weights"],
+        norm=cfg["norm"],
+        frozen_stages=cfg["frozen_stages"],
+        channels=cfg["fpn_channels"],
+        bfp="non_local" if cfg["bfp"] is True else (cfg["bfp"] or None),
+    )
+    anchors = len(cfg["anchor_ratios"]) * len(cfg["anchor_scales"]) if retinanet else 1
+    head = DenseHead(
+        neck.out_channels,
+        num_classes,
+        anchors,
+        4 if retinanet else 4 * (cfg["reg_max"] + 1),
+        channels=cfg["head_channels"],
+        num_convs=cfg["num_convs"],
+        norm=cfg["head_norm"],
+        prior_prob=cfg["prior_prob"],
+        num_scales=0 if retinanet else len(strides),
+    )
+    parts = {
+        "postprocess": DensePostProcess(cfg["score_thresh"], cfg["topk"], cfg["nms_iou"], cfg["max_dets"]),
+        **build_remedies(cfg),
     }
-    if kind == "retinanet":
-        from balancedet.models.retinanet import RetinaNet
-
-        return RetinaNet(
-            num_classes,
-            anchor_sizes=cfg["anchor_sizes"],
-            cls_loss=build_cls_loss(cfg),
-            box_loss=build_box_loss(cfg),
-            sampler=build_sampler(cfg),
-            **common,
-        )
-    from balancedet.models.gfl import GFL
-
-    return GFL(num_classes, octave_base_scale=cfg["octave_base_scale"], **common)
+    if retinanet:
+        anchors = {"anchor_sizes": cfg["anchor_sizes"], "anchor_ratios": cfg["anchor_ratios"]}
+        return RetinaNet(num_classes, backbone, neck, head, anchor_scales=cfg["anchor_scales"], **anchors, **parts)
+    return GFL(
+        num_classes,
+        backbone,
+        neck,
+        head,
+        octave_base_scale=cfg["octave_base_scale"],
+        reg_max=cfg["reg_max"],
+        dfl_weight=cfg["dfl_weight"],
+        **parts,
+    )

@@ -5,7 +5,7 @@ model (with its loss modules' buffers: GHM histograms, the positive-count EMA), 
 gradient scaler, the position in the schedule (epoch, batch within the epoch, global step), the
 Python/NumPy/torch random states, the rows of ``results.csv`` so far and the best metric. It also
 holds the configuration and the dataset's class names, so that ``eval`` and ``predict`` rebuild
-the model from the file alone.
+the model from the file alone (``load_model``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from balancedet.engine.build import build_model
 
 
 def rng_state() -> dict[str, Any]:
@@ -65,3 +68,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise ValueError(f"checkpoint {path}: not a balancedet checkpoint (missing {', '.join(missing)})")
     return ckpt
+
+
+def load_model(checkpoint_path: str | Path, device: str | torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """The checkpoint's detector, rebuilt from its configuration, on ``device`` in eval mode, and the
+    checkpoint itself (``config``, ``class_names``, ``category_ids``...)."""
+    ckpt = load_checkpoint(checkpoint_path)
+    model = build_model(ckpt["config"]["model"], len(ckpt["class_names"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as error:
+        raise ValueError(f"checkpoint {checkpoint_path}: weights do not fit its model configuration: {error}") from None
+    return model.to(device).eval(), ckpt

@@ -3,12 +3,15 @@
 A configuration is a plain nested dict with three sections, each readable alone:
 
 - ``model``: what ``balancedet.engine.build.build_model`` turns into a detector (``type``:
-  ``retinanet`` or ``gfl``, the backbone, the neck, the remedy: classification/box loss, sampler);
+  ``retinanet`` or ``gfl``, the backbone, the neck, the remedy: classification/box loss, sampler,
+  and their arguments ``cls_loss_args``, ``box_loss_args``, ``sampler_args``, ``assigner_args``);
+  the keys are those of the chosen type (``balancedet.engine.build.MODEL_KEYS``);
 - ``data``: the dataset (a YAML file or ``digits``) and the input size;
 - ``train``: schedule, optimiser, evaluation, checkpoints.
 
-``DEFAULTS`` holds every key with its default value; a preset only states what differs, and an
-unknown key is an error (a typo must not silently fall back to a default).
+``DEFAULTS`` holds every ``data`` and ``train`` key with its default value, ``MODEL_KEYS`` every key of
+each model type; a preset only states what differs, and an unknown key is an error (a typo must not
+silently fall back to a default), as is a key that the chosen model type does not use.
 """
 
 from __future__ import annotations
@@ -19,33 +22,15 @@ from typing import Any
 
 import yaml
 
+from balancedet.engine.build import resolve_model_config
+
 #: The shipped presets live in the package (``configs/`` at the repository root links here).
 PRESET_DIRS = (Path(__file__).resolve().parent.parent / "configs",)
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "model": {
-        "type": "retinanet",
-        "backbone": 50,
-        "backbone_weights": None,
-        "norm": "frozen_bn",
-        "frozen_stages": 1,
-        "fpn_channels": 256,
-        "bfp": False,
-        "head_channels": 256,
-        "num_convs": 4,
-        "anchor_sizes": [32, 64, 128, 256, 512],
-        "octave_base_scale": 8.0,
-        "cls_loss": "focal",
-        "alpha": 0.25,
-        "gamma": 2.0,
-        "box_loss": "smooth_l1",
-        "sampler": None,
-        "normalizer_momentum": None,
-        "score_thresh": 0.05,
-        "topk": 1000,
-        "nms_iou": 0.5,
-        "max_dets": 100,
-    },
+    # Each model type declares its own keys and defaults (``balancedet.engine.build.MODEL_KEYS``);
+    # ``load_config`` completes this section with them and rejects a key the type does not use.
+    "model": {"type": "retinanet"},
     "data": {
         "dataset": "digits",
         "min_size": 800,
@@ -72,7 +57,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 0,
         "eval_interval": 1,
         "checkpoint_interval": 200,
-        "max_time": None,
+        "max_time": None,  # seconds of this process's wall time, then stop after the step, evaluate, save
         "num_plot_images": 3,
     },
 }
@@ -102,6 +87,13 @@ def merge(base: dict[str, Any], update: dict[str, Any], where: str) -> dict[str,
         if not isinstance(values, dict):
             raise ValueError(f"{where}: section {section!r} must be a mapping, got {type(values).__name__}")
         for key, value in values.items():
+            if section == "model":
+                # checked against the model type's own keys once every source is merged (``resolve_model_config``)
+                base_value = result[section].get(key)
+                if isinstance(base_value, dict) and isinstance(value, dict):
+                    value = {**base_value, **value}
+                result[section][key] = copy.deepcopy(value)
+                continue
             if key not in result[section]:
                 raise ValueError(f"{where}: unknown key {section}.{key} (known: {', '.join(sorted(result[section]))})")
             result[section][key] = _coerce(result[section][key], value, f"{where}: {section}.{key}")
@@ -123,13 +115,21 @@ def _coerce(default: Any, value: Any, where: str) -> Any:
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
-    """``section.key=value`` with the value parsed as YAML (``1e-3``, ``[8, 11]``, ``null``, ``true``)."""
+    """``section.key=value`` with the value parsed as YAML (``1e-3``, ``[8, 11]``, ``null``, ``true``);
+    ``model.<part>_args.<argument>=value`` gives ``("model", "<part>_args", {argument: value})``."""
     if "=" not in text:
         raise ValueError(f"--set {text!r}: expected section.key=value, e.g. train.epochs=5")
     dotted, raw = text.split("=", 1)
     parts = dotted.strip().split(".")
-    if len(parts) != 2:
-        raise ValueError(f"--set {text!r}: the key must be section.key, e.g. model.cls_loss=ghmc")
+    if len(parts) == 3 and parts[0] == "model" and parts[1].endswith("_args"):
+        parts, argument = parts[:2], parts[2]
+    elif len(parts) == 2:
+        argument = None
+    else:
+        raise ValueError(
+            f"--set {text!r}: the key must be section.key (model.cls_loss=ghmc) or "
+            "model.<part>_args.<argument> (model.box_loss_args.beta=0.11)"
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as error:
@@ -139,6 +139,8 @@ def parse_override(text: str) -> tuple[str, str, Any]:
             value = float(value)
         except ValueError:
             pass
+    if argument is not None:
+        value = {argument: value}
     return parts[0], parts[1], value
 
 
@@ -155,4 +157,6 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
     for text in overrides or []:
         section, key, value = parse_override(text)
         config = merge(config, {section: {key: value}}, f"--set {text}")
+    where = (str(path) if preset is not None else "config") + (" with --set" if overrides else "")
+    config["model"] = resolve_model_config(config["model"], where=where)
     return config

@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from faster_coco_eval import COCO, COCOeval_faster
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
+from torchvision.ops import box_iou
+
+from balancedet.data import DetectionDataset, boxes_to_original
+from balancedet.engine.checkpoint import load_model
+from balancedet.engine.data import eval_loader, load_split
+from balancedet.engine.plots import draw_predictions, plot_confusion, plot_pr_curves
+from balancedet.engine.runtime import amp_dtype, increment_dir, resolve_device
 
 #: ``metrics.json`` keys, in faster-coco-eval's ``stats`` order (indices 0-5 and 8).
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
@@ -24,8 +36,6 @@ _STATS_INDEX = (0, 1, 2, 3, 4, 5, 8)
 
 def to_original(boxes: torch.Tensor, target: dict[str, Any]) -> torch.Tensor:
     """Boxes in the resized input back to the original image: undo the resize, clip to the image."""
-    from balancedet.data import boxes_to_original
-
     out = boxes_to_original(boxes, target)
     h, w = (int(v) for v in target["orig_size"])
     out[:, 0::2] = out[:, 0::2].clamp(0, w)
@@ -35,7 +45,7 @@ def to_original(boxes: torch.Tensor, target: dict[str, Any]) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_loader(
-    model: nn.Module, loader: DataLoader, device: torch.device, amp_dtype: torch.dtype | None = None
+    model: nn.Module, loader: DataLoader, device: torch.device, amp: torch.dtype | None = None
 ) -> list[tuple[dict[str, Any], dict[str, torch.Tensor]]]:
     """``(target, detections)`` per image, detections in original-image pixels on the CPU."""
     was_training = model.training
@@ -44,7 +54,7 @@ def predict_loader(
     try:
         for images, targets in loader:
             images = images.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 detections = model(images)
             for target, det in zip(targets, detections, strict=True):
                 boxes = to_original(det["boxes"].float().cpu(), target)
@@ -77,8 +87,6 @@ def coco_evaluate(
     """Run the COCO protocol. Returns ``metrics`` (``METRIC_KEYS`` -> fraction), ``per_class_ap``
     (AP per contiguous class, NaN for a class without ground truth), ``precision`` at IoU 0.5
     ``(101 recall points, K)`` and the ``recall`` thresholds."""
-    from faster_coco_eval import COCO, COCOeval_faster
-
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet):
         gt = COCO(ground_truth)
@@ -130,8 +138,6 @@ def confusion_matrix(
 
     Each ground-truth box is matched greedily, highest score first, to one detection of IoU >= 0.5.
     """
-    from torchvision.ops import box_iou
-
     matrix = np.zeros((num_classes + 1, num_classes + 1), dtype=np.int64)
     for target, det in predictions:
         gt_boxes = to_original(target["boxes"].float(), target)
@@ -159,6 +165,58 @@ def confusion_matrix(
     return matrix
 
 
+def evaluate_model(
+    model: nn.Module, dataset: DetectionDataset, config: dict[str, Any], device: torch.device, amp: torch.dtype | None
+) -> tuple[dict[str, Any], list]:
+    """COCO metrics of ``model`` on ``dataset`` (``coco_evaluate``'s report) and the predictions
+    (original-image pixels)."""
+    predictions = predict_loader(model, eval_loader(dataset, config), device, amp)
+    results = coco_results(predictions, dataset.category_ids)
+    return coco_evaluate(dataset.ground_truth(), results, dataset.category_ids), predictions
+
+
+def per_class_table(report: dict[str, Any], class_names: Sequence[str]) -> str:
+    lines = [f"{'class':<20} {'AP':>6}"]
+    for name, ap in zip(class_names, report["per_class_ap"], strict=True):
+        lines.append(f"{name:<20} {ap:6.3f}" if math.isfinite(ap) else f"{name:<20} {'-':>6}")
+    return "\n".join(lines)
+
+
+def summary_line(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {metrics[k]:.3f}" for k in METRIC_KEYS)
+
+
+def write_metrics_json(metrics: dict[str, float], path: Path) -> None:
+    """``metrics.json``: ``METRIC_KEYS``; JSON has no NaN, so a metric without ground truth (e.g.
+    APl with no large object) is null."""
+    finite = {k: (metrics[k] if math.isfinite(metrics[k]) else None) for k in METRIC_KEYS}
+    path.write_text(json.dumps(finite, indent=2))
+
+
+def write_pr_curve(report: dict[str, Any], class_names: Sequence[str], path: Path) -> None:
+    """``PR_curve.png`` of a ``coco_evaluate`` report, each class labelled with its AP50."""
+    precision = report["precision50"]
+    ap50 = [
+        float(precision[:, k].mean()) if math.isfinite(ap) else float("nan")
+        for k, ap in enumerate(report["per_class_ap"])
+    ]
+    plot_pr_curves(precision, report["recall_thresholds"], class_names, ap50, path)
+
+
+def write_eval_artifacts(
+    report: dict[str, Any], predictions: list, dataset: DetectionDataset, output: Path, num_images: int
+) -> None:
+    """``PR_curve.png``, ``confusion_matrix.png`` and the first ``num_images`` ``val_batch*_pred.jpg``."""
+    write_pr_curve(report, dataset.class_names, output / "PR_curve.png")
+    matrix = confusion_matrix(predictions, len(dataset.class_names))
+    plot_confusion(matrix, dataset.class_names, output / "confusion_matrix.png")
+    by_id = {r.image_id: r for r in dataset.records}
+    for i, (target, det) in enumerate(predictions[:num_images]):
+        with Image.open(by_id[int(target["image_id"])].file) as image:
+            drawn = draw_predictions(image, det, dataset.class_names)
+        drawn.save(output / f"val_batch{i}_pred.jpg", quality=90)
+
+
 def evaluate_checkpoint(
     checkpoint: str,
     data: str | None = None,
@@ -172,22 +230,8 @@ def evaluate_checkpoint(
     ``data`` defaults to the dataset the checkpoint was trained on; its class names must match the
     checkpoint's (same names in the same order), since the model's outputs are indexed by them.
     """
-    import json
-    from pathlib import Path
-
-    from balancedet.engine.build import build_model
-    from balancedet.engine.checkpoint import load_checkpoint
-    from balancedet.engine.plots import plot_pr_curves
-    from balancedet.engine.train import (
-        amp_dtype,
-        evaluate_model,
-        increment_dir,
-        load_split,
-        per_class_table,
-        resolve_device,
-    )
-
-    ckpt = load_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    model, ckpt = load_model(checkpoint, dev)
     config = ckpt["config"]
     if data is not None:
         config["data"]["dataset"] = data
@@ -199,21 +243,12 @@ def evaluate_checkpoint(
             f"dataset {config['data']['dataset']}: classes {list(dataset.class_names)} differ from the checkpoint's "
             f"{list(ckpt['class_names'])} ({checkpoint})"
         )
-    dev = resolve_device(device)
-    model = build_model(config["model"], len(ckpt["class_names"]))
-    model.load_state_dict(ckpt["model"])
-    model.to(dev)
     report, _ = evaluate_model(model, dataset, config, dev, amp_dtype(config["train"]["amp"], dev))
     folder = increment_dir(Path(output or "runs/eval/exp"))
     folder.mkdir(parents=True)
-    precision = report["precision50"]
-    ap50 = [
-        float(precision[:, k].mean()) if np.isfinite(a) else float("nan") for k, a in enumerate(report["per_class_ap"])
-    ]
-    plot_pr_curves(precision, report["recall_thresholds"], dataset.class_names, ap50, folder / "PR_curve.png")
-    finite = {k: (v if np.isfinite(v) else None) for k, v in report["metrics"].items()}
-    (folder / "metrics.json").write_text(json.dumps(finite, indent=2))
-    print(f"{split}: {len(dataset)} images, " + ", ".join(f"{k} {report['metrics'][k]:.3f}" for k in METRIC_KEYS))
-    print(per_class_table(report, list(dataset.class_names)))
+    write_pr_curve(report, dataset.class_names, folder / "PR_curve.png")
+    write_metrics_json(report["metrics"], folder / "metrics.json")
+    print(f"{split}: {len(dataset)} images, {summary_line(report['metrics'])}")
+    print(per_class_table(report, dataset.class_names))
     print(f"results in {folder}")
     return {"output": folder, **report}

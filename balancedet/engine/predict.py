@@ -15,6 +15,12 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
 
+from balancedet.engine.checkpoint import load_model
+from balancedet.engine.data import make_collate, make_transform
+from balancedet.engine.evaluate import to_original
+from balancedet.engine.plots import draw_predictions
+from balancedet.engine.runtime import increment_dir, resolve_device
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -43,23 +49,13 @@ def predict_images(
     device: str = "auto",
     batch_size: int = 8,
 ) -> dict[str, Any]:
-    from balancedet.data import DetectionCollate, DetectionTransform
-    from balancedet.engine.build import build_model
-    from balancedet.engine.checkpoint import load_checkpoint
-    from balancedet.engine.evaluate import to_original
-    from balancedet.engine.plots import draw_predictions
-    from balancedet.engine.train import increment_dir, resolve_device
-
-    ckpt = load_checkpoint(checkpoint)
-    config, class_names, category_ids = ckpt["config"], ckpt["class_names"], ckpt["category_ids"]
+    """``balancedet predict``: detections of score >= ``score_thresh`` in each image, written to
+    ``predictions.json`` and drawn on the images, in a fresh folder (default ``runs/predict/exp``)."""
     dev = resolve_device(device)
-    model = build_model(config["model"], len(class_names))
-    model.load_state_dict(ckpt["model"])
-    model.to(dev).eval()
-    transform = DetectionTransform(
-        train=False, min_size=config["data"]["min_size"], max_size=config["data"]["max_size"]
-    )
-    collate = DetectionCollate(config["data"]["size_divisible"])
+    model, ckpt = load_model(checkpoint, dev)
+    config, class_names, category_ids = ckpt["config"], ckpt["class_names"], ckpt["category_ids"]
+    transform = make_transform(config["data"], train=False)
+    collate = make_collate(config)
     files = collect_images(images)
     folder = increment_dir(Path(output or "runs/predict/exp"))
     folder.mkdir(parents=True)

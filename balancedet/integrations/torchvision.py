@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from balancedet.models.batching import pad_targets
+from balancedet.models.detector import call_loss
 from balancedet.models.normalizer import PositiveNormalizer
-from balancedet.models.retinanet import classification_loss
 
 __all__ = ["use_balancedet_loss", "NORMALIZATIONS"]
 
@@ -38,12 +38,13 @@ def use_balancedet_loss(
     Args:
         model: a ``torchvision.models.detection.RetinaNet`` (its ``head.classification_head``).
         loss: called as ``loss(logits (N, C), labels (N,), weight=(N,), avg_factor=...)`` with ``C``
-            meaning background (``FocalLoss()``, ``sigmoid_focal_loss``...), or a ``GHMC`` module,
-            called once per step as ``loss(logits, labels, valid)``.
+            meaning background (``FocalLoss()``, ``sigmoid_focal_loss``...). A loss that declares
+            ``self_normalizing`` (``GHMC``: one histogram per step over all images and levels) gets the
+            non-ignored mask as its weight and no ``avg_factor``: its own normaliser replaces both.
         normalization: ``"image"`` keeps torchvision's semantics (each image's loss divided by its
             own positives, then the mean over images), so that ``FocalLoss()`` reproduces
             torchvision's value; ``"batch"`` divides the batch's summed loss by its positives, summed
-            across processes by ``normalizer`` (the paper's normaliser, shared/SPEC.md section 1).
+            across processes by ``normalizer`` (the focal paper's normaliser, sec. 4).
         normalizer: for ``"batch"``; default ``PositiveNormalizer()``. It is registered on the head
             as ``balancedet_normalizer`` so that an EMA state is checkpointed with the model.
 
@@ -74,14 +75,14 @@ def use_balancedet_loss(
         else:
             labels = torch.where(positive, gt_labels.gather(1, matched.clamp(min=0)), num_classes)
         valid = (matched != _BETWEEN_THRESHOLDS).to(logits.dtype)
-        if normalization == "image":
+        if getattr(loss, "self_normalizing", False):
+            weight, avg_factor = valid, None
+        elif normalization == "image":
             per_image = positive.sum(1).clamp(min=1).to(logits.dtype) * batch
             weight, avg_factor = valid / per_image[:, None], logits.new_ones(())
         else:
             weight, avg_factor = valid, self.balancedet_normalizer(positive.sum())
-        return classification_loss(
-            loss, logits.reshape(-1, num_classes), labels.reshape(-1), weight.reshape(-1), avg_factor
-        )
+        return call_loss(loss, logits.reshape(-1, num_classes), labels.reshape(-1), weight.reshape(-1), avg_factor)
 
     head.compute_loss = types.MethodType(compute_loss, head)
     return model

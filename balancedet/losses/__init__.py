@@ -1,7 +1,23 @@
-"""Losses that remedy imbalance, exact to their papers (see shared/SPEC.md sections 1 and 2).
+"""Losses that remedy imbalance, exact to their papers (each module's docstring cites its equations).
 
 Every function takes ``weight=None``, ``reduction="mean" | "sum" | "none"`` and ``avg_factor=None``
-(divide the sum by it, e.g. by the number of positives); each has a thin ``nn.Module`` twin.
+(divide the sum by it, e.g. by the number of positives); each has a thin ``nn.Module`` twin. GHM's
+functions return the paper's self-normalised scalar and take ``weight`` and ``avg_factor`` only.
+
+Every classification and box loss module is called ``loss(pred, target, weight=None, avg_factor=None)``
+(docs/conventions.md) and declares as class attributes what a detector must do for it, so that no
+detector asks ``isinstance``:
+
+- ``self_normalizing`` (every module): True for ``GHMC`` and ``GHMR``, which divide by their own
+  count of valid elements (arXiv 1811.05181, eqs. 8 and 15); give them ``avg_factor=None``;
+- ``needs_quality_targets`` (classification modules): True for ``QualityFocalLoss``, whose target is
+  the pair ``(labels (N,) int64 with C = background, scores (N,) IoU at the label)``;
+- ``needs_decoded_boxes`` (box modules): True for ``IoULoss`` and ``GIoULoss``, which compare boxes
+  ``(x1, y1, x2, y2)`` rather than regression deltas.
+
+For ``GHMC`` / ``GHMR`` the ``weight`` is a ``(N,)`` or ``(N, C)`` / ``(N, K)`` mask: elements with
+``weight > 0`` are the valid ones, counted in the histogram, and each element's loss is also
+multiplied by its weight (the same thing for a 0/1 mask).
 """
 
 from balancedet.losses.backend import set_compile

@@ -87,6 +87,9 @@ def balanced_l1_loss(
 class BalancedL1Loss(nn.Module):
     """``balanced_l1_loss`` as a module (Libra R-CNN's box loss: alpha 0.5, gamma 1.5, beta 1)."""
 
+    self_normalizing = False
+    needs_decoded_boxes = False
+
     def __init__(
         self,
         alpha: float = 0.5,

@@ -55,6 +55,9 @@ def cross_entropy(
 class BinaryCrossEntropyLoss(nn.Module):
     """``binary_cross_entropy`` as a module."""
 
+    self_normalizing = False
+    needs_quality_targets = False
+
     def __init__(self, alpha: float | None = None, reduction: str = "mean", loss_weight: float = 1.0):
         super().__init__()
         self.alpha, self.reduction, self.loss_weight = alpha, reduction, loss_weight
@@ -68,6 +71,9 @@ class BinaryCrossEntropyLoss(nn.Module):
 
 class CrossEntropyLoss(nn.Module):
     """``cross_entropy`` as a module."""
+
+    self_normalizing = False
+    needs_quality_targets = False
 
     def __init__(self, alpha: float | Tensor | None = None, reduction: str = "mean", loss_weight: float = 1.0):
         super().__init__()

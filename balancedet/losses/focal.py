@@ -86,19 +86,26 @@ def _focal_forward(
 
 
 class _FusedFocal(torch.autograd.Function):
-    """Loss and gradient in one pass; backward multiplies the one saved tensor by grad_output."""
+    """Loss and gradient in one pass; backward multiplies the one saved tensor by grad_output.
+
+    The saved gradient is float32 for half/bf16 logits and is cast to their dtype only after the
+    multiplication (see ``sigmoid_terms``): an fp16 copy flushes small gradients to zero and
+    overflows once multiplied by a GradScaler scale.
+    """
 
     @staticmethod
     def forward(ctx, x, labels, targets, w, scale, alpha, gamma, reduce):  # noqa: D102
         loss, grad = _focal_forward(x, labels, targets, w, scale, alpha, gamma, True, reduce)
         ctx.save_for_backward(grad)
+        ctx.input_dtype = x.dtype
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):  # noqa: D102
         (grad,) = ctx.saved_tensors
-        return grad * grad_output.to(grad.dtype), None, None, None, None, None, None, None
+        grad_x = (grad * grad_output.to(grad.dtype)).to(ctx.input_dtype)
+        return grad_x, None, None, None, None, None, None, None
 
 
 def _reference_sigmoid_focal(
@@ -247,6 +254,9 @@ def focal_loss_star(
 class FocalLoss(nn.Module):
     """``sigmoid_focal_loss`` as a module; ``loss_weight`` scales the result."""
 
+    self_normalizing = False
+    needs_quality_targets = False
+
     def __init__(
         self,
         alpha: float | None = 0.25,
@@ -276,6 +286,9 @@ class FocalLoss(nn.Module):
 class SoftmaxFocalLoss(nn.Module):
     """``softmax_focal_loss`` as a module (background = class 0)."""
 
+    self_normalizing = False
+    needs_quality_targets = False
+
     def __init__(
         self,
         gamma: float = 2.0,
@@ -301,6 +314,9 @@ class SoftmaxFocalLoss(nn.Module):
 
 class FocalLossStar(nn.Module):
     """``focal_loss_star`` (FL*) as a module."""
+
+    self_normalizing = False
+    needs_quality_targets = False
 
     def __init__(self, gamma: float = 2.0, beta: float = 1.0, reduction: str = "mean", loss_weight: float = 1.0):
         super().__init__()

@@ -57,17 +57,21 @@ def quality_terms(x: Tensor, y: Tensor, beta: float, with_grad: bool) -> tuple[T
 
 
 class _FusedQuality(torch.autograd.Function):
+    """As the focal loss's ``_FusedFocal``: one saved gradient, float32 for half/bf16 logits."""
+
     @staticmethod
     def forward(ctx, x, labels, scores, w, scale, beta, reduce):  # noqa: D102
         loss, grad = _quality_forward(x, labels, scores, w, scale, beta, True, reduce)
         ctx.save_for_backward(grad)
+        ctx.input_dtype = x.dtype
         return loss
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output):  # noqa: D102
         (grad,) = ctx.saved_tensors
-        return grad * grad_output, None, None, None, None, None, None
+        grad_x = (grad * grad_output.to(grad.dtype)).to(ctx.input_dtype)
+        return grad_x, None, None, None, None, None, None
 
 
 def _quality_forward(x, labels, scores, w, scale, beta, with_grad, reduce):
@@ -281,14 +285,33 @@ def generalized_focal_loss(
     return weight_reduce_loss(loss, weight, reduction, avg_factor)
 
 
+def _describe(value) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {shape_str(value)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    return type(value).__name__
+
+
 class QualityFocalLoss(nn.Module):
-    """``quality_focal_loss`` as a module."""
+    """``quality_focal_loss`` as a module: ``loss(logits, (labels, scores), weight=None, avg_factor=None)``.
+
+    The target is one ``(labels, scores)`` tuple (``labels (N,)`` int64 with ``C`` = background,
+    ``scores (N,)`` the IoU target at each label) so that the module keeps the two-argument loss
+    protocol of docs/conventions.md; ``needs_quality_targets`` tells a detector to build it.
+    """
+
+    self_normalizing = False
+    needs_quality_targets = True
 
     def __init__(self, beta: float = 2.0, reduction: str = "mean", loss_weight: float = 1.0):
         super().__init__()
         self.beta, self.reduction, self.loss_weight = beta, reduction, loss_weight
 
-    def forward(self, logits: Tensor, labels: Tensor, scores: Tensor, weight: Tensor | None = None, avg_factor=None):
+    def forward(self, logits: Tensor, target: tuple[Tensor, Tensor], weight: Tensor | None = None, avg_factor=None):
+        if not isinstance(target, (tuple, list)) or len(target) != 2:
+            raise TypeError(f"target must be a (labels, scores) pair, got {_describe(target)}")
+        labels, scores = target
         loss = quality_focal_loss(
             logits,
             labels,
@@ -303,6 +326,8 @@ class QualityFocalLoss(nn.Module):
 
 class DistributionFocalLoss(nn.Module):
     """``distribution_focal_loss`` as a module (loss weight 0.25 in the GFL head)."""
+
+    self_normalizing = False
 
     def __init__(self, reduction: str = "mean", loss_weight: float = 1.0):
         super().__init__()

@@ -129,6 +129,9 @@ def giou_loss(
 class IoULoss(nn.Module):
     """``iou_loss`` as a module."""
 
+    self_normalizing = False
+    needs_decoded_boxes = True
+
     def __init__(self, mode: str = "log", eps: float = 1e-6, reduction: str = "mean", loss_weight: float = 1.0):
         super().__init__()
         if mode not in IOU_MODES:
@@ -146,6 +149,9 @@ class IoULoss(nn.Module):
 
 class GIoULoss(nn.Module):
     """``giou_loss`` as a module (loss weight 2.0 in the GFL head)."""
+
+    self_normalizing = False
+    needs_decoded_boxes = True
 
     def __init__(self, eps: float = 1e-7, reduction: str = "mean", loss_weight: float = 1.0):
         super().__init__()

@@ -72,6 +72,9 @@ def l1_loss(
 class SmoothL1Loss(nn.Module):
     """``smooth_l1_loss`` as a module."""
 
+    self_normalizing = False
+    needs_decoded_boxes = False
+
     def __init__(self, beta: float = 1.0, reduction: str = "mean", loss_weight: float = 1.0):
         super().__init__()
         if not beta >= 0:
@@ -88,6 +91,9 @@ class SmoothL1Loss(nn.Module):
 
 class L1Loss(nn.Module):
     """``l1_loss`` as a module."""
+
+    self_normalizing = False
+    needs_decoded_boxes = False
 
     def __init__(self, reduction: str = "mean", loss_weight: float = 1.0):
         super().__init__()

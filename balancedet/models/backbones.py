@@ -6,41 +6,27 @@ by ``torchvision.models.resnet{18,34,50,101}`` without the pooling and the class
 ImageNet weights, freezes the batch-norm statistics and the first stage (Detectron's
 ``FREEZE_AT = 2``, mmdetection's ``frozen_stages = 1``).
 
-Normalisation:
-
-- ``"frozen_bn"``: ``torchvision.ops.FrozenBatchNorm2d``, fixed affine statistics; the paper's
-  choice with pretrained weights (batches of 2 images per GPU make batch statistics useless).
-- ``"bn"``: trainable ``BatchNorm2d``; sensible from scratch with a few images per batch.
-- ``"gn"``: ``GroupNorm`` with 32 groups (Wu and He, ECCV 2018, arXiv 1803.08494), batch-size
-  independent. Pretrained BN statistics do not transfer to it: only the affine parameters load.
+Normalisation (``balancedet.models.norms``): ``"frozen_bn"`` (fixed statistics, the paper's choice
+with pretrained weights: batches of 2 images per GPU make batch statistics useless), ``"bn"``
+(trainable, sensible from scratch), ``"gn"`` (pretrained BN statistics do not transfer to it: only
+the affine parameters load) or ``"sync_bn"``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 import torchvision
 from torch import Tensor, nn
-from torchvision.ops import FrozenBatchNorm2d
 
-__all__ = ["NORMS", "ResNetBackbone", "norm_layer"]
+from balancedet.models.norms import check_norm, norm_layer
 
-NORMS = ("frozen_bn", "bn", "gn")
+__all__ = ["ResNetBackbone"]
+
 _DEPTHS = (18, 34, 50, 101)
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
-
-
-def norm_layer(norm: str, groups: int = 32) -> Callable[[int], nn.Module]:
-    """Factory ``channels -> module`` for ``"frozen_bn"``, ``"bn"`` or ``"gn"`` (GroupNorm, ``groups`` groups)."""
-    if norm == "frozen_bn":
-        return FrozenBatchNorm2d
-    if norm == "bn":
-        return nn.BatchNorm2d
-    if norm == "gn":
-        return lambda channels: nn.GroupNorm(groups, channels)
-    raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
 
 
 def _load_state_dict(depth: int, weights: str) -> Mapping[str, Tensor]:
@@ -71,19 +57,34 @@ class ResNetBackbone(nn.Module):
         weights: ``None`` (random initialisation, no download), a path to a local state dict
             (torchvision key names, an optional ``"state_dict"`` wrapper; ``fc.*`` is ignored), or a
             torchvision weight name (``"IMAGENET1K_V1"``; needs the network the first time).
-        norm: ``"frozen_bn"`` | ``"bn"`` | ``"gn"`` (see the module docstring).
+        norm: ``"frozen_bn"`` | ``"bn"`` | ``"gn"`` | ``"sync_bn"`` (see the module docstring).
         frozen_stages: ``-1`` trains everything; ``0`` freezes the stem (conv1 + its norm); ``k >= 1``
             also freezes ``layer1 .. layer k`` (mmdetection's convention; 1 is Detectron's
             ``FREEZE_AT = 2``). Frozen stages get no gradient and their norms stay in eval mode.
 
-    ``forward(x: (B, 3, H, W)) -> [C3 (B, c3, H/8, W/8), C4 (.., H/16, ..), C5 (.., H/32, ..)]`` with
-    ``out_channels`` ``[128, 256, 512]`` (18/34) or ``[512, 1024, 2048]`` (50/101); sizes round up.
+        levels: which maps to return, ``k`` meaning ``C_k`` at stride ``2^k``: ``(3, 4, 5)`` for
+            RetinaNet/GFL (P3-P7), ``(2, 3, 4, 5)`` for a Faster R-CNN FPN (P2-P6).
+
+    ``forward(x: (B, 3, H, W)) -> [C3 (B, c3, H/8, W/8), C4 (.., H/16, ..), C5 (.., H/32, ..)]`` (for
+    the default ``levels``) with ``out_channels`` ``[128, 256, 512]`` (18/34) or ``[512, 1024, 2048]``
+    (50/101), C2 having ``64`` or ``256``; sizes round up. ``strides`` lists ``2^k`` per map.
     """
 
-    def __init__(self, depth: int = 50, weights: str | None = None, norm: str = "frozen_bn", frozen_stages: int = 1):
+    def __init__(
+        self,
+        depth: int = 50,
+        weights: str | None = None,
+        norm: str = "frozen_bn",
+        frozen_stages: int = 1,
+        levels: tuple[int, ...] = (3, 4, 5),
+    ):
         super().__init__()
         if depth not in _DEPTHS:
             raise ValueError(f"ResNetBackbone: depth must be one of {_DEPTHS}, got {depth!r}")
+        check_norm(norm, "ResNetBackbone", allow_none=False)
+        levels = tuple(int(k) for k in levels)
+        if not levels or list(levels) != sorted(set(levels)) or not set(levels) <= {2, 3, 4, 5}:
+            raise ValueError(f"ResNetBackbone: levels must be increasing values among 2, 3, 4, 5, got {levels!r}")
         if not -1 <= frozen_stages <= 4:
             raise ValueError(f"ResNetBackbone: frozen_stages must lie in [-1, 4], got {frozen_stages!r}")
         net = getattr(torchvision.models, f"resnet{depth}")(weights=None, norm_layer=norm_layer(norm))
@@ -92,8 +93,9 @@ class ResNetBackbone(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.depth, self.norm, self.frozen_stages = depth, norm, frozen_stages
         expansion = 1 if depth < 50 else 4
-        self.out_channels = [128 * expansion, 256 * expansion, 512 * expansion]
-        self.strides = [8, 16, 32]
+        self.levels = levels
+        self.out_channels = [(64 * expansion) * 2 ** (k - 2) for k in levels]
+        self.strides = [2**k for k in levels]
         if weights is not None:
             self.load_weights(weights)
         for module in self._frozen_modules():
@@ -129,8 +131,8 @@ class ResNetBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        c2 = self.layer1(x)
-        c3 = self.layer2(c2)
-        c4 = self.layer3(c3)
-        c5 = self.layer4(c4)
-        return [c3, c4, c5]
+        maps = {2: self.layer1(x)}
+        maps[3] = self.layer2(maps[2])
+        maps[4] = self.layer3(maps[3])
+        maps[5] = self.layer4(maps[4])
+        return [maps[k] for k in self.levels]

@@ -32,13 +32,21 @@ class FPN(nn.Module):
         out_channels: channels of every output level (256 in the papers).
         num_extra: extra levels above the last input (2: P6, P7).
         extra_from: ``"c5"`` (RetinaNet: P6 from the last backbone map) or ``"p5"`` (FCOS, GFL).
+        first_stride: stride of the finest input map (8 for C3, 4 for C2).
 
     ``forward(feats) -> [P3, ..., P7]``, each ``(B, out_channels, H_l, W_l)``; ``strides`` holds
     ``(8, 16, 32, 64, 128)`` for the default configuration. The top-down upsampling goes to the
     exact size of the finer map, so inputs need not be multiples of 32.
     """
 
-    def __init__(self, in_channels: list[int], out_channels: int = 256, num_extra: int = 2, extra_from: str = "c5"):
+    def __init__(
+        self,
+        in_channels: list[int],
+        out_channels: int = 256,
+        num_extra: int = 2,
+        extra_from: str = "c5",
+        first_stride: int = 8,
+    ):
         super().__init__()
         if not in_channels or min(in_channels) < 1 or out_channels < 1:
             raise ValueError(f"FPN: in_channels {in_channels} and out_channels {out_channels} must be positive")
@@ -56,7 +64,7 @@ class FPN(nn.Module):
         )
         for conv in (*self.lateral, *self.output, *self.extra):
             _init_conv(conv)
-        self.strides = tuple(8 * 2**i for i in range(len(in_channels) + num_extra))
+        self.strides = tuple(first_stride * 2**i for i in range(len(in_channels) + num_extra))
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:
         if len(feats) != len(self.lateral):

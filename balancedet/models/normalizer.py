@@ -4,10 +4,10 @@ Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017, arXiv 1708.02002
 total focal loss of an image is computed as the sum of the focal loss over all ~100k anchors,
 normalized by the number of anchors assigned to a ground-truth box". detectron2 replaces that
 count by an exponential moving average (momentum 0.9, starting at 100) to damp the noise of small
-batches; both are offered here (shared/SPEC.md section 1).
+batches; both are offered here.
 
-Distributed semantics (mmdetection's ``reduce_mean``, which its RetinaNet head lacks; SPEC
-section 6). Each process holds ``n_p`` positives and a summed loss ``S_p``. DDP *averages* the
+Distributed semantics (mmdetection's ``reduce_mean``, which its RetinaNet head lacks; see
+docs/conventions.md). Each process holds ``n_p`` positives and a summed loss ``S_p``. DDP *averages* the
 gradients of the ``W`` processes, so with a per-process divisor ``D`` the applied gradient is
 ``grad(sum_p S_p) / (W D)``. The batch-level normalisation of the paper, ``grad(sum_p S_p) /
 sum_p n_p``, therefore needs ``D = sum_p n_p / W``: the all-reduced count divided by the world

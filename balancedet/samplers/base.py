@@ -1,20 +1,26 @@
-"""What every sampler returns, and the vectorised selection primitives the samplers share.
+"""The sampler protocol (``Candidates`` in, ``Sample`` out) and the vectorised selection primitives.
+
+Every sampler is called the same way, ``sampler(candidates) -> Sample``, and declares in ``needs``
+the ``Candidates`` fields it reads besides ``matched`` (a subset of ``max_iou``, ``cls_loss``,
+``box_loss``, ``boxes``), so that a detector computes only those (``docs/conventions.md``). A needed
+field left ``None`` raises a ``ValueError`` naming the sampler and the field.
 
 No sampler loops over candidates. Each one draws a random key per candidate (or reads a loss),
 sorts once, and compares every candidate's rank among the eligible ones (or inside its group: a
 ground-truth box, an IoU bin) with a quota held in a tensor. Quotas that depend on the data (the
-number of positives present, say) therefore never reach the host, and the samplers' ``masks``
-methods run without a host synchronisation on any device.
+number of positives present, say) therefore never reach the host, and a call runs without a host
+synchronisation on any device (OHEM's optional NMS excepted). The result is a pair of bool masks,
+fed to the losses directly (``weight=sample.weight()``).
 
-``__call__`` turns those masks into index sets with ``torch.nonzero``: how many positives an image
-has is data, so the size of ``SampleResult.pos_idx`` is data-dependent and this is the one host
-synchronisation of a call on CUDA. A training loop that wants none feeds the masks to the losses
-directly (``weight=(pos | neg).float()``).
+``Sample.pos_idx`` / ``neg_idx`` / ``indices`` turn the masks of one image into index sets with
+``torch.nonzero``: how many positives an image has is data, so their size is data-dependent and this
+is the one host synchronisation on CUDA, paid only by a caller that gathers rows.
 
 Conventions (``balancedet.assign.result``): ``matched >= 0`` positive (index of the matched
-ground-truth box), ``-1`` background, ``-2`` ignored. Every sampler works along the last dimension,
-so ``masks`` accepts one image ``(M,)`` or a batch ``(B, M)``; ``__call__`` takes one image.
-Ties between equal keys or losses go to the candidate with the lower index.
+ground-truth box), ``-1`` background, ``-2`` ignored; ignored candidates are never kept. Every
+sampler works along the last dimension, so it takes one image ``(M,)`` or a batch ``(B, M)``, and
+each image of a batch gets its own quotas. Ties between equal keys or losses go to the candidate with
+the lower index.
 """
 
 from __future__ import annotations
@@ -27,8 +33,9 @@ from torch import Tensor
 from balancedet.assign.result import BACKGROUND
 
 __all__ = [
-    "SampleResult",
-    "to_weight",
+    "Candidates",
+    "Sample",
+    "check_needs",
     "random_keys",
     "select_first",
     "sort_groups",
@@ -50,72 +57,135 @@ def _shape(t: Tensor) -> str:
 
 
 @dataclass(frozen=True)
-class SampleResult:
-    """The candidates a sampler kept in one image.
+class Candidates:
+    """What a detector knows about its candidates (anchors or RoIs), batched over images.
 
     Attributes:
-        pos_idx: ``(P,)`` int64, ascending indices of the kept positives, on the input's device.
-        neg_idx: ``(N,)`` int64, ascending indices of the kept negatives, on the input's device.
+        matched: ``(B, M)`` or ``(M,)`` integer: ``>= 0`` index of the matched ground-truth box,
+            ``-1`` background, ``-2`` ignored (``AssignResult.matched``).
+        max_iou: ``matched``'s shape, float: each candidate's best IoU with any ground-truth box
+            (``AssignResult.max_iou``; IoU-balanced sampling bins the negatives by it).
+        cls_loss: ``matched``'s shape, float: per-candidate classification loss, computed without
+            gradient (``reduction="none"``, summed over classes).
+        box_loss: ``matched``'s shape, float: per-candidate localisation loss, 0 off the positives
+            (samplers treat it as 0 there whatever it holds).
+        boxes: ``(..., M, 4)`` ``(x1, y1, x2, y2)`` candidate boxes (OHEM's NMS).
+        progress: training progress in [0, 1] (S-OHEM's stages).
+        generator: the random samplers' source of keys; ``None`` uses torch's global generator.
+
+    Shapes, dtypes and devices are checked here (no host sync); which fields must be present is
+    checked by each sampler against its ``needs``.
     """
 
-    pos_idx: Tensor
-    neg_idx: Tensor
+    matched: Tensor
+    max_iou: Tensor | None = None
+    cls_loss: Tensor | None = None
+    box_loss: Tensor | None = None
+    boxes: Tensor | None = None
+    progress: float = 0.0
+    generator: torch.Generator | None = None
 
-    @classmethod
-    def from_masks(cls, pos: Tensor, neg: Tensor) -> SampleResult:
-        """Index sets of two ``(M,)`` bool masks (``torch.nonzero``: one host sync on CUDA)."""
-        if pos.dim() != 1 or pos.shape != neg.shape:
-            raise ValueError(f"masks must be two (M,) tensors of one image, got {_shape(pos)} and {_shape(neg)}")
-        return cls(torch.nonzero(pos).flatten(), torch.nonzero(neg).flatten())
+    def __post_init__(self) -> None:
+        check_matched(self.matched)
+        for name in ("max_iou", "cls_loss", "box_loss"):
+            value = getattr(self, name)
+            if value is not None:
+                check_like(name, value, self.matched)
+        if self.boxes is not None:
+            _check_boxes(self.boxes, self.matched)
+        if isinstance(self.progress, bool) or not isinstance(self.progress, int | float):
+            raise TypeError(f"progress must be a Python float, got {type(self.progress).__name__}")
+        if not 0.0 <= self.progress <= 1.0:
+            raise ValueError(f"progress must lie in [0, 1], got {self.progress!r}")
+        if self.generator is not None and not isinstance(self.generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(self.generator).__name__}")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The candidates a sampler kept: two disjoint bool masks of ``matched``'s shape.
+
+    Attributes:
+        pos: ``(..., M)`` bool, the kept positives.
+        neg: ``(..., M)`` bool, the kept negatives.
+
+    ``loss(logits, labels, weight=sample.weight().flatten(), reduction="sum")`` equals the loss of
+    the gathered rows ``logits[sample.indices]`` (one image) without copying the logits.
+    """
+
+    pos: Tensor
+    neg: Tensor
+
+    def __post_init__(self) -> None:
+        for name in ("pos", "neg"):
+            value = getattr(self, name)
+            if not isinstance(value, Tensor) or value.dtype != torch.bool:
+                what = type(value).__name__ if not isinstance(value, Tensor) else f"dtype {value.dtype}"
+                raise TypeError(f"Sample.{name} must be a bool tensor, got {what}")
+        if self.pos.shape != self.neg.shape:
+            raise ValueError(f"Sample.pos {_shape(self.pos)} and Sample.neg {_shape(self.neg)} must have one shape")
+
+    @property
+    def keep(self) -> Tensor:
+        """``(..., M)`` bool: every kept candidate (``pos | neg``)."""
+        return self.pos | self.neg
+
+    def weight(self, part: str = "all", dtype: torch.dtype = torch.float32) -> Tensor:
+        """``(..., M)`` mask for the losses: 1 at the kept candidates, 0 elsewhere.
+
+        Args:
+            part: ``"all"`` (classification loss), ``"pos"`` (regression loss) or ``"neg"``.
+            dtype: dtype of the mask.
+        """
+        if part == "all":
+            mask = self.keep
+        elif part == "pos":
+            mask = self.pos
+        elif part == "neg":
+            mask = self.neg
+        else:
+            raise ValueError(f"part must be 'all', 'pos' or 'neg', got {part!r}")
+        return mask.to(dtype)
+
+    def _nonzero(self, mask: Tensor) -> Tensor:
+        if mask.dim() != 1:
+            raise ValueError(f"index sets are per image: masks must be (M,), got {_shape(mask)} (index an image first)")
+        return torch.nonzero(mask).flatten()
+
+    @property
+    def pos_idx(self) -> Tensor:
+        """``(P,)`` int64 ascending indices of the kept positives of one image (host sync on CUDA)."""
+        return self._nonzero(self.pos)
+
+    @property
+    def neg_idx(self) -> Tensor:
+        """``(N,)`` int64 ascending indices of the kept negatives of one image (host sync on CUDA)."""
+        return self._nonzero(self.neg)
 
     @property
     def indices(self) -> Tensor:
-        """``(P + N,)`` int64: the positives' indices, then the negatives'."""
+        """``(P + N,)`` int64: the positives' indices, then the negatives' (host sync on CUDA)."""
         return torch.cat([self.pos_idx, self.neg_idx])
 
-    @property
-    def num_pos(self) -> int:
-        return self.pos_idx.numel()
 
-    @property
-    def num_neg(self) -> int:
-        return self.neg_idx.numel()
-
-
-def to_weight(result: SampleResult, num: int, *, part: str = "all", dtype: torch.dtype = torch.float32) -> Tensor:
-    """``(num,)`` weight mask for the losses: 1 at the kept candidates, 0 elsewhere.
-
-    Args:
-        result: a sampler's output for an image with ``num`` candidates.
-        num: ``M``, the number of candidates (rows of the logits).
-        part: ``"all"`` (classification loss), ``"pos"`` (regression loss) or ``"neg"``.
-        dtype: dtype of the mask.
-
-    ``loss(logits, labels, weight=to_weight(r, M), reduction="sum")`` equals the loss of the gathered
-    rows ``logits[r.indices]`` without copying the logits.
-    """
-    if part == "all":
-        idx = result.indices
-    elif part == "pos":
-        idx = result.pos_idx
-    elif part == "neg":
-        idx = result.neg_idx
-    else:
-        raise ValueError(f"part must be 'all', 'pos' or 'neg', got {part!r}")
-    weight = torch.zeros(num, dtype=dtype, device=idx.device)
-    return weight.index_fill_(0, idx, 1)
+def check_needs(sampler: object, candidates: Candidates) -> None:
+    """``candidates`` must be a ``Candidates`` holding every field in ``sampler.needs``."""
+    name = type(sampler).__name__
+    if not isinstance(candidates, Candidates):
+        raise TypeError(f"{name} takes a Candidates, got {type(candidates).__name__}")
+    missing = sorted(field for field in sampler.needs if getattr(candidates, field) is None)
+    if missing:
+        raise ValueError(f"{name} needs Candidates field(s) {', '.join(missing)}, got None")
 
 
-def check_matched(matched: Tensor, *, one_image: bool = False) -> None:
-    """``matched`` must be an integer ``(M,)`` (or, unless ``one_image``, ``(B, M)``) tensor."""
+def check_matched(matched: Tensor) -> None:
+    """``matched`` must be an integer ``(M,)`` or ``(B, M)`` tensor."""
     if not isinstance(matched, Tensor):
         raise TypeError(f"matched must be a torch.Tensor, got {type(matched).__name__}")
     if matched.dtype.is_floating_point or matched.dtype.is_complex or matched.dtype == torch.bool:
         raise TypeError(f"matched must be an integer tensor, got dtype {matched.dtype} with shape {_shape(matched)}")
-    dims = (1,) if one_image else (1, 2)
-    if matched.dim() not in dims:
-        what = "(M,)" if one_image else "(M,) or (B, M)"
-        raise ValueError(f"matched must have shape {what}, got {_shape(matched)}")
+    if matched.dim() not in (1, 2):
+        raise ValueError(f"matched must have shape (M,) or (B, M), got {_shape(matched)}")
 
 
 def check_like(name: str, t: Tensor, matched: Tensor) -> None:
@@ -128,6 +198,16 @@ def check_like(name: str, t: Tensor, matched: Tensor) -> None:
         raise ValueError(f"{name} must have the shape of matched {_shape(matched)}, got {_shape(t)}")
     if t.device != matched.device:
         raise ValueError(f"{name} is on {t.device} but matched is on {matched.device}")
+
+
+def _check_boxes(boxes: Tensor, matched: Tensor) -> None:
+    if not isinstance(boxes, Tensor):
+        raise TypeError(f"boxes must be a torch.Tensor, got {type(boxes).__name__}")
+    want = (*matched.shape, 4)
+    if boxes.shape != want:
+        raise ValueError(f"boxes must have shape {want} (matched's, then 4), got {_shape(boxes)}")
+    if boxes.device != matched.device:
+        raise ValueError(f"boxes is on {boxes.device} but matched is on {matched.device}")
 
 
 def random_keys(like: Tensor, generator: torch.Generator | None = None, n: int | None = None) -> Tensor:

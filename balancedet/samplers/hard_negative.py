@@ -9,9 +9,7 @@ that rank is compared with the image's quota; no loop over images, no host sync.
 
 from __future__ import annotations
 
-from torch import Tensor
-
-from balancedet.samplers.base import check_like, check_matched, scaled_count, select_first, split
+from balancedet.samplers.base import Candidates, Sample, check_needs, scaled_count, select_first, split
 
 __all__ = ["HardNegativeMiner"]
 
@@ -25,11 +23,13 @@ class HardNegativeMiner:
         min_neg: negatives kept even without positives (0, as in SSD: a background-only image adds
             no classification loss).
 
-    ``miner(matched, losses)`` with ``matched`` ``(B, M)`` int64 (or ``(M,)``) and ``losses`` the
-    per-anchor confidence loss of the same shape (computed by the caller, detached here) returns a
-    ``(B, M)`` bool mask of the kept anchors (positives and mined negatives), to be used as the
-    classification loss's ``weight``. Equal losses go to the lower anchor index.
+    ``miner(candidates) -> Sample`` reads ``cls_loss`` (``needs = {"cls_loss"}``), the per-anchor
+    confidence loss computed by the caller (detached here): ``pos`` is every positive, ``neg`` the
+    mined negatives, and ``sample.weight()`` the classification loss's weight. Equal losses go to
+    the lower anchor index.
     """
+
+    needs: frozenset[str] = frozenset({"cls_loss"})
 
     def __init__(self, neg_pos_ratio: float = 3.0, min_neg: int = 0) -> None:
         if neg_pos_ratio < 0 or min_neg < 0:
@@ -37,9 +37,9 @@ class HardNegativeMiner:
         self.neg_pos_ratio = neg_pos_ratio
         self.min_neg = min_neg
 
-    def __call__(self, matched: Tensor, losses: Tensor) -> Tensor:
-        check_matched(matched)
-        check_like("losses", losses, matched)
-        pos, neg = split(matched)
+    def __call__(self, candidates: Candidates) -> Sample:
+        """Every positive and the ``neg_pos_ratio * num_pos`` highest-loss negatives of each image."""
+        check_needs(self, candidates)
+        pos, neg = split(candidates.matched)
         quota = scaled_count(self.neg_pos_ratio, pos.sum(-1, keepdim=True)).clamp(min=self.min_neg)
-        return pos | select_first(neg, losses.detach(), quota, descending=True)
+        return Sample(pos, select_first(neg, candidates.cls_loss.detach(), quota, descending=True))

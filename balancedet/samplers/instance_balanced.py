@@ -3,11 +3,11 @@
 Libra R-CNN's code samples the same number of positives for every ground-truth box, so that large
 objects, which overlap many proposals, do not take the whole positive budget. mmdetection's
 ``InstanceBalancedPosSampler`` subtracts Python sets of tensors (hashed by identity, not value)
-in its top-up, so it can pick duplicates and return fewer positives than asked (shared/SPEC.md,
-section 6). Here the quota is exact and the selection has no duplicates by construction: every
-positive gets a random key, positives are sorted by (gt index, key), a positive's rank inside its
-box's group is compared with that box's quota, and what is still missing is drawn uniformly from
-the positives left over.
+in its top-up, so it can pick duplicates and return fewer positives than asked (mmdetection 3.3;
+reproduced in the tests). Here the quota is exact and the selection has no duplicates by
+construction: every positive gets a random key, positives are sorted by (gt index, key), a
+positive's rank inside its box's group is compared with that box's quota, and what is still
+missing is drawn uniformly from the positives left over.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ class InstanceBalancedPosSampler(RandomSampler):
         num: candidates kept per image.
         pos_fraction: largest share of positives.
         neg_pos_ub: as in ``RandomSampler``.
+
+    ``sampler(candidates) -> Sample`` as ``RandomSampler`` (``needs`` is empty); ``pos_mask`` alone
+    gives the positives to compose with another negative sampler (``libra_sampler``).
     """
 
     def pos_mask(self, matched: Tensor, generator: torch.Generator | None = None) -> Tensor:

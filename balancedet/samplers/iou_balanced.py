@@ -6,12 +6,15 @@ negatives uniformly from each, so that the selection probability of a negative i
 ``N / (K M_k)`` (eq. 2); bins that run short are topped up from the remaining negatives. Its code
 adds a floor: negatives below ``floor_thr`` are drawn at random with ``floor_fraction`` of the budget.
 
-Two departures from mmdetection's sampler (shared/SPEC.md, section 6): the bins cover the IoU range
+Two departures from mmdetection's sampler: the bins cover the IoU range
 ``[min, max]`` of this image's own binned negatives instead of ``[floor_thr, max IoU over all
 candidates]``, which with ground truth added as proposals is 1.0 and leaves the top bin empty; and
 the selection runs in torch on the tensors' device (mmdetection uses numpy on the CPU, per image,
 with ``np.int``, which NumPy >= 1.24 no longer has). The remainder ``N mod K`` goes to the highest
 bins (one each, hardest first) instead of a random top-up, so a full bin gets an exact quota.
+
+Libra R-CNN's full box-head sampler (sec. 3.1 and its released config: 512 RoIs, a quarter positive,
+instance-balanced positives, ``K = 3``, no floor set) is ``libra_sampler()``.
 """
 
 from __future__ import annotations
@@ -20,18 +23,19 @@ import torch
 from torch import Tensor
 
 from balancedet.samplers.base import (
-    SampleResult,
-    check_like,
-    check_matched,
+    Candidates,
+    Sample,
+    check_needs,
     random_keys,
     rank_in_group,
     scaled_count,
     select_first,
     split,
 )
+from balancedet.samplers.instance_balanced import InstanceBalancedPosSampler
 from balancedet.samplers.random import RandomSampler
 
-__all__ = ["IoUBalancedNegSampler"]
+__all__ = ["IoUBalancedNegSampler", "libra_sampler"]
 
 
 class IoUBalancedNegSampler:
@@ -45,13 +49,19 @@ class IoUBalancedNegSampler:
             uniformly; the others are binned. Negative: no floor set, every negative is binned.
         floor_fraction: share of the negative budget left to the floor set (mmdetection's default 0).
         pos_sampler: any object with ``pos_mask(matched, generator) -> (..., M) bool``, e.g.
-            ``InstanceBalancedPosSampler`` (Libra R-CNN's positives); default ``RandomSampler(num, pos_fraction)``.
+            ``InstanceBalancedPosSampler`` (Libra R-CNN's positives, see ``libra_sampler``); default
+            ``RandomSampler(num, pos_fraction)``.
+
+    ``sampler(candidates) -> Sample`` reads ``max_iou`` (``needs = {"max_iou"}``, the assigner's
+    per-candidate best IoU), ``matched`` and ``generator``; no host sync.
 
     With ``N = num - kept positives`` negatives wanted: ``Nb = floor(N (1 - floor_fraction))`` go to
     the bins, ``Nb // K`` per bin plus one for each of the ``Nb mod K`` highest bins; bins short of
     their quota are topped up uniformly from the other binned negatives up to ``Nb``; the floor set
     then gets ``N`` minus what the bins gave, and any shortfall is drawn uniformly from all negatives left.
     """
+
+    needs: frozenset[str] = frozenset({"max_iou"})
 
     def __init__(
         self,
@@ -119,17 +129,30 @@ class IoUBalancedNegSampler:
         kept |= select_first(floor, keys[2], num_expected - kept.sum(-1, keepdim=True))
         return kept | select_first(neg & ~kept, keys[3], num_expected - kept.sum(-1, keepdim=True))
 
-    def masks(
-        self, matched: Tensor, max_iou: Tensor, generator: torch.Generator | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """``(pos, neg)``: ``(..., M)`` bool masks; ``max_iou`` is the assigner's per-candidate best IoU."""
-        check_matched(matched)
-        check_like("max_iou", max_iou, matched)
+    def __call__(self, candidates: Candidates) -> Sample:
+        """``pos_sampler``'s positives and IoU-balanced negatives filling to ``num``, per image."""
+        check_needs(self, candidates)
+        matched, generator = candidates.matched, candidates.generator
         pos = self.pos_sampler.pos_mask(matched, generator)
         num_neg = (self.num - pos.sum(-1, keepdim=True)).clamp(min=0)
-        return pos, self.neg_mask(matched, max_iou, num_neg, generator)
+        return Sample(pos, self.neg_mask(matched, candidates.max_iou, num_neg, generator))
 
-    def __call__(self, matched: Tensor, max_iou: Tensor, generator: torch.Generator | None = None) -> SampleResult:
-        """Sample one image: ``matched`` ``(M,)`` int64 and ``max_iou`` ``(M,)``."""
-        check_matched(matched, one_image=True)
-        return SampleResult.from_masks(*self.masks(matched, max_iou, generator))
+
+def libra_sampler(
+    num: int = 512, pos_fraction: float = 0.25, num_bins: int = 3, floor_thr: float = -1.0, floor_fraction: float = 0.0
+) -> IoUBalancedNegSampler:
+    """Libra R-CNN's box-head sampler (sec. 3.1): instance-balanced positives, IoU-balanced negatives.
+
+    The defaults are the paper's released Faster R-CNN config (mmdetection's ``configs/libra_rcnn``:
+    512 RoIs, ``pos_fraction=0.25``, ``num_bins=3``, ``floor_thr=-1``, ``floor_fraction=0``); the
+    arguments are ``IoUBalancedNegSampler``'s, and ``num`` and ``pos_fraction`` also go to the
+    ``InstanceBalancedPosSampler``. ``needs = {"max_iou"}``.
+    """
+    return IoUBalancedNegSampler(
+        num,
+        pos_fraction,
+        num_bins,
+        floor_thr,
+        floor_fraction,
+        pos_sampler=InstanceBalancedPosSampler(num, pos_fraction),
+    )

@@ -7,19 +7,26 @@ with the loss as score, so that one hard region is not counted many times. The v
 detection code (and in the seeds) keeps every positive and the hardest negatives at neg:pos = 3:1
 (``mode="ratio"``).
 
-mmdetection's OHEM sampler re-runs the RoI head and exists only for two-stage detectors
-(shared/SPEC.md, section 6). This one takes the per-candidate losses the caller already computed
-(``reduction="none"``), so it serves a dense head's ~100k anchors as well as a RoI head's proposals:
+The paper's score is the multitask loss, classification plus localisation (sec. 4.1). The sampler
+ranks by ``cls_loss + box_loss`` when the ``Candidates`` carry a ``box_loss`` (0 off the positives,
+which have no regression target) and by ``cls_loss`` alone otherwise; a detector may pass
+``box_loss`` to follow the paper, and a dense head that ranks negatives only (their box loss is 0
+anyway) can leave it out.
+
+mmdetection's OHEM sampler re-runs the RoI head and exists only for two-stage detectors. This one
+takes the per-candidate losses the caller already computed (``reduction="none"``), so it serves a
+dense head's ~100k anchors as well as a RoI head's proposals:
 
     with torch.no_grad():
-        losses = sigmoid_focal_loss(logits, labels, reduction="none").sum(1)
-    pos, neg = OHEMSampler(num=None).masks(matched, losses)
-    loss = sigmoid_focal_loss(logits, labels, weight=(pos | neg).float(), reduction="sum") / pos.sum().clamp(min=1)
+        cls = sigmoid_focal_loss(logits, labels, reduction="none").sum(-1)
+    sample = OHEMSampler(num=None)(Candidates(matched, cls_loss=cls))
+    loss = sigmoid_focal_loss(logits, labels, weight=sample.weight(), reduction="sum") / sample.pos.sum().clamp(min=1)
 
 Ranking is deterministic: equal losses go to the lower index. Without NMS the selection is one sort
-and needs no host sync (``masks``); ``torchvision.ops.nms`` returns a data-dependent number of boxes
-and synchronises on CUDA, and it is quadratic in the number of overlapping candidates, so for
-dense heads it is best left off or applied to a pre-selected top-k.
+and needs no host sync; ``torchvision.ops.nms`` returns a data-dependent number of boxes and
+synchronises on CUDA (the one host sync of this sampler, once per image), and it is quadratic in
+the number of overlapping candidates, so for dense heads it is best left off or applied to a
+pre-selected top-k.
 """
 
 from __future__ import annotations
@@ -29,9 +36,9 @@ from torch import Tensor
 from torchvision.ops import nms
 
 from balancedet.samplers.base import (
-    SampleResult,
-    check_like,
-    check_matched,
+    Candidates,
+    Sample,
+    check_needs,
     scaled_count,
     select_first,
     split,
@@ -69,12 +76,16 @@ class OHEMSampler:
         neg_pos_ratio: ``"ratio"`` mode keeps ``max(floor(neg_pos_ratio * num_pos), min_neg)``
             hardest negatives (fewer if fewer exist or ``num`` is reached).
         nms_iou: class-agnostic NMS threshold among the candidates before ranking (paper: 0.7);
-            ``None`` turns it off. Needs ``boxes``.
+            ``None`` turns it off. Needs the candidates' ``boxes``.
         mode: ``"ratio"`` or ``"budget"``.
         min_neg: negatives kept in ``"ratio"`` mode even when an image has no positive. The default 0
             is SSD's and the paper-faithful choice (a background-only image then adds no loss);
             a detector trained on many background-only images may want e.g. ``3 * typical positives``
             so that their false positives are still penalised.
+
+    ``sampler(candidates) -> Sample`` reads ``cls_loss`` and, when given, ``box_loss`` (the ranking
+    loss is ``score``), and ``boxes`` with NMS: ``needs`` is ``{"cls_loss"}``, plus ``"boxes"`` when
+    ``nms_iou`` is set.
     """
 
     def __init__(
@@ -105,44 +116,42 @@ class OHEMSampler:
         self.mode = mode
         self.min_neg = min_neg
 
-    def candidates(self, matched: Tensor, losses: Tensor, boxes: Tensor | None) -> Tensor:
-        """``(..., M)`` bool: the non-ignored candidates, after NMS when ``nms_iou`` is set."""
+    @property
+    def needs(self) -> frozenset[str]:
+        """The ``Candidates`` fields read besides ``matched``: ``cls_loss``, and ``boxes`` with NMS."""
+        return frozenset({"cls_loss", "boxes"} if self.nms_iou is not None else {"cls_loss"})
+
+    def score(self, candidates: Candidates) -> Tensor:
+        """``(..., M)`` detached ranking loss: ``cls_loss + box_loss`` (0 off positives), or ``cls_loss``."""
+        score = candidates.cls_loss.detach()
+        if candidates.box_loss is None:
+            return score
+        return score + torch.where(candidates.matched >= 0, candidates.box_loss.detach(), 0.0)
+
+    def eligible(self, matched: Tensor, score: Tensor, boxes: Tensor | None) -> Tensor:
+        """``(..., M)`` bool: the non-ignored candidates, after NMS by ``score`` when ``nms_iou`` is set."""
         eligible = valid(matched)
         if self.nms_iou is None:
             return eligible
-        if boxes is None or boxes.shape != (*matched.shape, 4):
-            got = None if boxes is None else tuple(boxes.shape)
-            raise ValueError(f"nms_iou={self.nms_iou} needs boxes of shape {(*matched.shape, 4)}, got {got}")
         if matched.dim() == 1:
-            return nms_keep(boxes, losses, eligible, self.nms_iou)
-        return torch.stack([nms_keep(b, s, e, self.nms_iou) for b, s, e in zip(boxes, losses, eligible, strict=True)])
+            return nms_keep(boxes, score, eligible, self.nms_iou)
+        return torch.stack([nms_keep(b, s, e, self.nms_iou) for b, s, e in zip(boxes, score, eligible, strict=True)])
 
-    def masks(self, matched: Tensor, losses: Tensor, boxes: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(pos, neg)``: ``(..., M)`` bool masks of the kept positives and negatives.
-
-        Args:
-            matched: ``(M,)`` or ``(B, M)`` int64 (AssignResult convention).
-            losses: per-candidate loss, ``matched``'s shape (detached here).
-            boxes: ``(..., M, 4)`` candidate boxes, needed only with ``nms_iou``.
-        """
-        check_matched(matched)
-        check_like("losses", losses, matched)
-        losses = losses.detach()
-        eligible = self.candidates(matched, losses, boxes)
+    def __call__(self, candidates: Candidates) -> Sample:
+        """The hardest candidates of each image, by ``score``, in ``mode``."""
+        check_needs(self, candidates)
+        matched = candidates.matched
+        score = self.score(candidates)
+        eligible = self.eligible(matched, score, candidates.boxes)
         pos, neg = split(matched)
         if self.mode == "budget":
-            kept = select_first(eligible, losses, self.num, descending=True)
-            return kept & pos, kept & neg
+            kept = select_first(eligible, score, self.num, descending=True)
+            return Sample(kept & pos, kept & neg)
         pos = eligible & pos
         if self.num is not None:
-            pos = select_first(pos, losses, int(self.num * self.pos_fraction), descending=True)
+            pos = select_first(pos, score, int(self.num * self.pos_fraction), descending=True)
         num_pos = pos.sum(-1, keepdim=True)
         num_neg = scaled_count(self.neg_pos_ratio, num_pos).clamp(min=self.min_neg)
         if self.num is not None:
             num_neg = torch.minimum(num_neg, self.num - num_pos)
-        return pos, select_first(eligible & neg, losses, num_neg, descending=True)
-
-    def __call__(self, matched: Tensor, losses: Tensor, boxes: Tensor | None = None) -> SampleResult:
-        """Sample one image: ``matched`` ``(M,)``, ``losses`` ``(M,)``, ``boxes`` ``(M, 4)`` with NMS."""
-        check_matched(matched, one_image=True)
-        return SampleResult.from_masks(*self.masks(matched, losses, boxes))
+        return Sample(pos, select_first(eligible & neg, score, num_neg, descending=True))

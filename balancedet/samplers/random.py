@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 from balancedet.samplers.base import (
-    SampleResult,
-    check_matched,
+    Candidates,
+    Sample,
+    check_needs,
     negative_quota,
     random_keys,
     select_first,
@@ -31,9 +32,11 @@ class RandomSampler:
         pos_fraction: largest share of positives (0.25 for the box head, 0.5 for the RPN).
         neg_pos_ub: when ``>= 0``, at most ``floor(neg_pos_ub * max(num_pos, 1))`` negatives.
 
-    ``masks(matched, generator)`` gives ``(pos, neg)`` bool masks of ``matched``'s shape without a
-    host sync, ``__call__`` the index sets of one image. Deterministic for a seeded ``generator``.
+    ``sampler(candidates)`` reads only ``matched`` and ``generator`` (``needs`` is empty) and returns a
+    ``Sample`` of ``matched``'s shape without a host sync. Deterministic for a seeded ``generator``.
     """
+
+    needs: frozenset[str] = frozenset()
 
     def __init__(self, num: int = 512, pos_fraction: float = 0.25, neg_pos_ub: float = -1.0) -> None:
         if not isinstance(num, int) or num < 0:
@@ -50,18 +53,14 @@ class RandomSampler:
         pos, _ = split(matched)
         return select_first(pos, random_keys(matched, generator), self.num_pos_expected)
 
-    def masks(self, matched: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """``(pos, neg)``: ``(..., M)`` bool masks of the kept positives and negatives."""
-        check_matched(matched)
+    def __call__(self, candidates: Candidates) -> Sample:
+        """The kept positives (``pos_mask``) and uniform negatives filling to ``num``, per image."""
+        check_needs(self, candidates)
+        matched, generator = candidates.matched, candidates.generator
         pos = self.pos_mask(matched, generator)
         num_neg = negative_quota(self.num, pos.sum(-1, keepdim=True), self.neg_pos_ub)
         _, neg = split(matched)
-        return pos, select_first(neg, random_keys(matched, generator), num_neg)
-
-    def __call__(self, matched: Tensor, generator: torch.Generator | None = None) -> SampleResult:
-        """Sample one image: ``matched`` ``(M,)`` int64 (AssignResult convention)."""
-        check_matched(matched, one_image=True)
-        return SampleResult.from_masks(*self.masks(matched, generator))
+        return Sample(pos, select_first(neg, random_keys(matched, generator), num_neg))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num={self.num}, pos_fraction={self.pos_fraction}, neg_pos_ub={self.neg_pos_ub})"

@@ -16,8 +16,8 @@ fractions) highest ``cls_weight * L_cls + loc_weight * L_loc`` among the candida
 
 The schedule is a required argument. The paper's own table (stage boundaries, stratum
 definitions and proportions) could not be retrieved for this project (only the abstract and
-secondary summaries were available), so there is no default pretending to be it; shared/SPEC.md
-asks for the paper's schedule as the default, which stays open. ``LINEAR_SHIFT_SCHEDULE`` is an
+secondary summaries were available), so there is no default pretending to be it; making the
+paper's schedule the default stays open until its table is at hand. ``LINEAR_SHIFT_SCHEDULE`` is an
 illustrative schedule of ours with the paper's structure and stated intent (half the budget always
 mined by OHEM's equal-weight loss, the other half moving from classification-hard to
 localisation-hard RoIs over four equal stages); ``OHEM_SCHEDULE`` reproduces plain OHEM.
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from balancedet.samplers.base import SampleResult, check_like, check_matched, select_first, split, valid
+from balancedet.samplers.base import Candidates, Sample, check_needs, select_first, split, valid
 
 __all__ = ["Stratum", "Stage", "LINEAR_SHIFT_SCHEDULE", "OHEM_SCHEDULE", "SOHEMSampler"]
 
@@ -98,11 +98,14 @@ class SOHEMSampler:
         schedule: the stages (see the module docstring), required: e.g. ``OHEM_SCHEDULE`` or
             ``LINEAR_SHIFT_SCHEDULE``, or the paper's table written as ``Stage``s.
 
-    ``strata(matched, cls_losses, loc_losses, progress)`` gives each candidate's stratum (``-1``:
-    not kept) without a host sync; ``__call__`` the index sets of one image. The losses are
-    per-candidate, computed by the caller without gradient; ``loc_losses`` of non-positives are
-    treated as 0 (they have no regression target). Ignored candidates are never kept.
+    ``sampler(candidates) -> Sample`` reads ``cls_loss`` and ``box_loss`` (``needs``), the
+    per-candidate losses computed by the caller without gradient, and ``progress``; the kept
+    candidates are ``strata(candidates) >= 0``, split into positives and negatives. ``box_loss`` of
+    non-positives is treated as 0 (they have no regression target). Ignored candidates are never
+    kept. No host sync.
     """
+
+    needs: frozenset[str] = frozenset({"cls_loss", "box_loss"})
 
     def __init__(self, num: int = 512, *, schedule: tuple[Stage, ...]) -> None:
         if not isinstance(num, int) or num < 0:
@@ -127,13 +130,12 @@ class SOHEMSampler:
         bounds[-1] = self.num
         return [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
-    def strata(self, matched: Tensor, cls_losses: Tensor, loc_losses: Tensor, progress: float) -> Tensor:
+    def strata(self, candidates: Candidates) -> Tensor:
         """``(..., M)`` int64: index of the stratum that took each candidate, ``-1`` for the others."""
-        check_matched(matched)
-        check_like("cls_losses", cls_losses, matched)
-        check_like("loc_losses", loc_losses, matched)
-        cls = cls_losses.detach().float()
-        loc = torch.where(matched >= 0, loc_losses.detach().float(), 0.0)
+        check_needs(self, candidates)
+        matched, progress = candidates.matched, candidates.progress
+        cls = candidates.cls_loss.detach().float()
+        loc = torch.where(matched >= 0, candidates.box_loss.detach().float(), 0.0)
         total = cls + loc
         taken = torch.zeros_like(matched, dtype=torch.bool)
         which = torch.full_like(matched, -1, dtype=torch.int64)
@@ -145,9 +147,8 @@ class SOHEMSampler:
             taken |= picked
         return which
 
-    def __call__(self, matched: Tensor, cls_losses: Tensor, loc_losses: Tensor, progress: float) -> SampleResult:
-        """Sample one image: ``matched``, ``cls_losses``, ``loc_losses`` ``(M,)``; ``progress`` in [0, 1]."""
-        check_matched(matched, one_image=True)
-        kept = self.strata(matched, cls_losses, loc_losses, progress) >= 0
-        pos, neg = split(matched)
-        return SampleResult.from_masks(kept & pos, kept & neg)
+    def __call__(self, candidates: Candidates) -> Sample:
+        """The candidates the active stage's strata took, as positives and negatives."""
+        kept = self.strata(candidates) >= 0
+        pos, neg = split(candidates.matched)
+        return Sample(kept & pos, kept & neg)

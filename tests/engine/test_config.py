@@ -1,7 +1,9 @@
 import pytest
 
 from balancedet.engine.config import DEFAULTS, find_preset, load_config, parse_override
-from balancedet.engine.train import epoch_batches, increment_dir, learning_rate
+from balancedet.engine.data import epoch_batches
+from balancedet.engine.runtime import increment_dir
+from balancedet.engine.train import learning_rate
 
 
 def test_every_preset_loads_and_only_uses_known_keys():
@@ -38,7 +40,7 @@ def test_unknown_preset_lists_the_presets(tmp_path):
         find_preset("no_such_preset")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  cls_los: focal\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: unknown key model.cls_los"):
+    with pytest.raises(ValueError, match=r"bad.yaml: model.cls_los not used by model type .retinanet."):
         load_config(str(bad))
 
 

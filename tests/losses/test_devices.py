@@ -56,8 +56,9 @@ def _cases(x, labels, scores, soft, w, dfl_x, dfl_t, deltas, boxes, avg):
     target = deltas.flip(0)
     shifted = boxes.flip(0) + 3.0
     return {
-        "ghmc": (x, lambda x: ghm_c_loss(x, labels, valid)),
-        "ghmr": (deltas, lambda d: ghm_r_loss(d, target, valid)),
+        "ghmc": (x, lambda x: ghm_c_loss(x, labels, weight=valid)),
+        "ghmr": (deltas, lambda d: ghm_r_loss(d, target, weight=valid)),
+        "ghmc-weighted": (x, lambda x: ghm_c_loss(x, labels, weight=w, avg_factor=avg)),
         "balanced_l1": (deltas, lambda d: balanced_l1_loss(d, target, beta=0.11, weight=w, avg_factor=avg)),
         "smooth_l1": (deltas, lambda d: smooth_l1_loss(d, target, beta=1 / 9, weight=w, avg_factor=avg)),
         "giou": (boxes, lambda b: giou_loss(b, shifted, weight=w, avg_factor=avg)),

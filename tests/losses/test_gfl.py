@@ -197,10 +197,18 @@ def test_gfl_general_form_gradcheck_and_shapes():
         generalized_focal_loss(lp, lq, torch.rand(5, dtype=torch.float64), t, t)
 
 
-def test_qfl_module():
+def test_qfl_module_takes_a_labels_scores_target():
     x, labels, scores = _qfl_data()
+    w = torch.rand(N, dtype=torch.float64)
     module = QualityFocalLoss(beta=2.0, loss_weight=1.5)
-    torch.testing.assert_close(module(x, labels, scores), 1.5 * quality_focal_loss(x, labels, scores))
+    torch.testing.assert_close(
+        module(x, (labels, scores), weight=w, avg_factor=3.0),
+        1.5 * quality_focal_loss(x, labels, scores, weight=w, avg_factor=3.0),
+    )
+    with pytest.raises(TypeError, match=r"target.*\(labels, scores\).*tensor of shape \(19,\)"):
+        module(x, labels, scores)
+    with pytest.raises(TypeError, match=r"target.*tuple of length 3"):
+        module(x, (labels, scores, scores))
 
 
 def test_dfl_compiled_equals_eager(compile_mode):

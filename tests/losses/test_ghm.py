@@ -1,9 +1,11 @@
-"""GHM-C / GHM-R against an independent float64 reference written from arXiv 1811.05181.
+"""GHM-C / GHM-R against independent float64 references written from arXiv 1811.05181 and the
+authors' released code (github.com/libuyu/GHM_Detection, ``mmdet/models/losses/ghm_loss.py`` of
+its mmdetection submodule).
 
-The reference bins with explicit edges (``i / M``, the top one nudged up by 1e-6, as in the
-authors' code) in a Python loop over bins; the library computes ``min(floor(g * M), M - 1)`` in
-one vectorised pass. The random data below keeps every gradient norm far from a bin edge relative
-to float64 rounding, and the gradcheck data sits at bin centres.
+The references bin with explicit edges (``i / M``, the top one nudged up, as in the authors' code)
+in a Python loop over bins; the library computes ``min(floor(g * M), M - 1)`` in one vectorised
+pass. The random data below keeps every gradient norm far from a bin edge relative to float64
+rounding, and the gradcheck data sits at bin centres.
 """
 
 import os
@@ -39,19 +41,32 @@ def _one_hot(labels, c):
 
 
 class RefDensity:
-    """Eq. 6 with the unit-region approximation: ``R_j`` or the bias-corrected EMA of sec. 3.3."""
+    """The density ``D_j`` of eq. 6 with the unit-region approximation: ``R_j``, or a running ``S_j`` (sec. 3.3).
 
-    def __init__(self, bins, momentum=0.0):
-        self.bins, self.m = bins, momentum
+    ``"authors"``: the authors' code, ``acc_sum[i] = mmt * acc_sum[i] + (1 - mmt) * num_in_bin`` for
+    each bin with ``num_in_bin > 0``, from 0, no correction. ``"bias_corrected"``: every bin moves and
+    is divided by ``1 - m^t`` after ``t`` updates.
+    """
+
+    def __init__(self, bins, momentum=0.0, ema="authors"):
+        self.bins, self.m, self.ema = bins, momentum, ema
         self.s = np.zeros(bins)
         self.t = 0
 
     def __call__(self, counts, update=True):
-        s = self.m * self.s + (1 - self.m) * counts
         t = self.t + 1
+        s = self.s.copy()
+        if self.ema == "authors":
+            for j in range(self.bins):
+                if counts[j] > 0:
+                    s[j] = self.m * s[j] + (1 - self.m) * counts[j]
+            d = s
+        else:
+            s = self.m * s + (1 - self.m) * counts
+            d = s / (1 - self.m**t)
         if update:
             self.s, self.t = s, t
-        return s / (1 - self.m**t)
+        return d
 
 
 def _weights(g, valid, bins, density):
@@ -70,21 +85,31 @@ def _weights(g, valid, bins, density):
     return w, counts, n_valid
 
 
-def ref_ghmc(x, y, valid, bins=30, density=None):
+def _element_weight(valid, weight):
+    """``weight > 0`` selects (eq. 8's valid elements), ``weight`` multiplies; a bool mask is 0/1."""
+    weight = valid.astype(np.float64) if weight is None else np.broadcast_to(weight, valid.shape)
+    return valid & (weight > 0), weight
+
+
+def ref_ghmc(x, y, valid, bins=30, density=None, weight=None, avg_factor=None):
     """Returns the per-element loss terms (they sum to the loss), the gradient and the counts."""
     density = density or RefDensity(bins)
+    valid, weight = _element_weight(valid, weight)
     p = _sigmoid(x)
     w, counts, n_valid = _weights(np.abs(p - y), valid, bins, density)
+    w = w * weight / (n_valid if avg_factor is None else avg_factor)
     bce = np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
-    return w * bce / n_valid, w * (p - y) / n_valid, counts
+    return w * bce, w * (p - y), counts
 
 
-def ref_ghmr(pred, target, valid, mu=0.02, bins=10, density=None):
+def ref_ghmr(pred, target, valid, mu=0.02, bins=10, density=None, weight=None, avg_factor=None):
     density = density or RefDensity(bins)
+    valid, weight = _element_weight(valid, weight)
     d = pred - target
     r = np.sqrt(d * d + mu * mu)
     w, counts, n_valid = _weights(np.abs(d) / r, valid, bins, density)
-    return w * (r - mu) / n_valid, w * d / r / n_valid, counts
+    w = w * weight / (n_valid if avg_factor is None else avg_factor)
+    return w * (r - mu), w * d / r, counts
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -136,7 +161,7 @@ def test_ghmc_matches_reference(target_kind, valid_kind):
     loss, got_grad = _run(GHMC(momentum=0.0), x, targets, valid)
     _close(loss, terms.sum())
     _close(got_grad, grad)
-    functional, _ = _run(ghm_c_loss, x, targets, valid)
+    functional, _ = _run(lambda t: ghm_c_loss(t, targets, weight=valid), x)
     _close(functional, terms.sum())
 
 
@@ -148,13 +173,30 @@ def test_ghmc_many_bins_use_wide_indices_and_loss_weight_scales():
     _close(got_grad, 2.5 * grad)
 
 
-def test_ghmc_float_mask_selects_and_does_not_scale():
+@pytest.mark.parametrize("shape", ["row", "elem"])
+def test_ghmc_float_weight_selects_where_positive_and_multiplies(shape):
     x, labels = _cls_data()
-    mask, _ = _valid("elem", (N, C))
-    scaled = mask.double() * torch.linspace(0.1, 7.0, N * C, dtype=torch.float64).view(N, C)
-    a, ga = _run(GHMC(momentum=0.0), x, labels, mask)
-    b, gb = _run(GHMC(momentum=0.0), x, labels, scaled)
-    assert torch.equal(a, b) and torch.equal(ga, gb)
+    gen = torch.Generator().manual_seed(5)
+    w = torch.rand((N, C) if shape == "elem" else (N,), generator=gen, dtype=torch.float64) * 3 - 0.75
+    w_np = w.numpy()[:, None] if shape == "row" else w.numpy()
+    terms, grad, counts = ref_ghmc(x.numpy(), _one_hot(labels.numpy(), C), np.ones((N, C), bool), weight=w_np)
+    assert counts.sum() < N * C  # some weights are <= 0: those elements are ignored
+    loss, got_grad = _run(GHMC(momentum=0.0), x, labels, w)
+    _close(loss, terms.sum())
+    _close(got_grad, grad)
+
+
+@pytest.mark.parametrize("avg_factor", [7.5, torch.tensor(7.5, dtype=torch.float64)])
+def test_avg_factor_replaces_the_valid_count_as_divisor(avg_factor):
+    x, labels = _cls_data()
+    valid, valid_np = _valid("elem", (N, C))
+    terms, grad, _ = ref_ghmc(x.numpy(), _one_hot(labels.numpy(), C), valid_np, avg_factor=7.5)
+    loss, got_grad = _run(GHMC(momentum=0.0, loss_weight=2.0), x, labels, valid, avg_factor)
+    _close(loss, 2.0 * terms.sum())
+    _close(got_grad, 2.0 * grad)
+    pred, target = _reg_data()
+    terms, _, _ = ref_ghmr(pred.numpy(), target.numpy(), valid_np[:, :4], avg_factor=7.5)
+    _close(ghm_r_loss(pred, target, weight=valid[:, :4], avg_factor=avg_factor), terms.sum())
 
 
 def test_ghmc_all_ignored_gives_zero_loss_and_gradient():
@@ -238,7 +280,7 @@ def test_ghmr_matches_reference(valid_kind, mu):
     _close(loss.detach(), terms.sum())
     _close(p.grad, grad)
     _close(t.grad, -grad)
-    _close(ghm_r_loss(pred, target, valid, mu=mu), terms.sum())
+    _close(ghm_r_loss(pred, target, weight=valid, mu=mu), terms.sum())
 
 
 def test_ghmr_extreme_residuals_fall_in_the_first_and_last_bins_and_all_ignored_is_zero():
@@ -257,10 +299,94 @@ def test_ghmr_extreme_residuals_fall_in_the_first_and_last_bins_and_all_ignored_
 # ---- momentum, state, modes ----------------------------------------------------------------------
 
 
-def test_ghmc_running_density_with_bias_correction_over_several_steps():
+class AuthorsGHM:
+    """The authors' ``GHMC`` / ``GHMR`` forward with momentum, transcribed into float64 NumPy.
+
+    From GHM_Detection's mmdetection submodule, ``mmdet/models/losses/ghm_loss.py``: for each bin,
+    ``inds = (g >= edges[i]) & (g < edges[i+1]) & valid``; if ``num_in_bin > 0``:
+    ``acc_sum[i] = mmt * acc_sum[i] + (1 - mmt) * num_in_bin``, ``weights[inds] = tot / acc_sum[i]``,
+    ``n += 1``; then ``weights /= n`` and ``loss = sum(loss * weights) / tot``. ``acc_sum`` starts
+    at 0. ``empty`` records the bins that were empty in the last call.
+    """
+
+    def __init__(self, bins, momentum, top_edge):
+        self.bins, self.mmt = bins, momentum
+        self.edges = np.arange(bins + 1) / bins
+        self.edges[-1] = top_edge
+        self.acc_sum = np.zeros(bins)
+        self.empty = np.ones(bins, bool)
+
+    def weights(self, g, label_weight, tot):
+        valid = label_weight > 0
+        weights = np.zeros_like(g)
+        n = 0
+        for i in range(self.bins):
+            inds = (g >= self.edges[i]) & (g < self.edges[i + 1]) & valid
+            num_in_bin = inds.sum()
+            self.empty[i] = num_in_bin == 0
+            if num_in_bin > 0:
+                self.acc_sum[i] = self.mmt * self.acc_sum[i] + (1 - self.mmt) * num_in_bin
+                weights[inds] = tot / self.acc_sum[i]
+                n += 1
+        if n > 0:
+            weights = weights / n
+        return weights
+
+
+def authors_ghmc(state, pred, target, label_weight):
+    g = np.abs(_sigmoid(pred) - target)
+    tot = max((label_weight > 0).sum(), 1.0)
+    weights = state.weights(g, label_weight, tot)
+    bce = np.maximum(pred, 0) - pred * target + np.log1p(np.exp(-np.abs(pred)))
+    return (bce * weights).sum() / tot
+
+
+def authors_ghmr(state, pred, target, label_weight, mu=0.02):
+    diff = pred - target
+    loss = np.sqrt(diff * diff + mu * mu) - mu
+    g = np.abs(diff / np.sqrt(mu * mu + diff * diff))
+    tot = max(label_weight.sum(), 1.0)
+    weights = state.weights(g, label_weight, tot)
+    return (loss * weights).sum() / tot
+
+
+@pytest.mark.parametrize("kind", ["ghmc", "ghmr"])
+def test_default_running_histogram_is_the_authors_code_over_ten_steps(kind):
+    m = 0.75
+    if kind == "ghmc":
+        module, ref = GHMC(bins=30, momentum=m), AuthorsGHM(30, m, 1.0 + 1e-6)
+    else:
+        module, ref = GHMR(mu=0.02, bins=10, momentum=m), AuthorsGHM(10, m, 1e3)
+    gen = torch.Generator().manual_seed(42)
+    kept = 0  # (step, bin) pairs where a bin holding a value was empty: the authors' rule leaves it alone
+    for _ in range(10):
+        n = int(torch.randint(20, 60, (), generator=gen))
+        spread = float(torch.rand((), generator=gen))
+        keep = (torch.rand(n, generator=gen) < 0.8).double()
+        held = ref.acc_sum > 0
+        if kind == "ghmc":
+            x = torch.randn(n, C, generator=gen, dtype=torch.float64) * (0.3 + 4 * spread)
+            labels = torch.randint(0, C + 1, (n,), generator=gen)
+            mask = np.broadcast_to(keep.numpy()[:, None], (n, C))
+            expected = authors_ghmc(ref, x.numpy(), _one_hot(labels.numpy(), C), mask)
+            got = module(x, labels, keep)
+        else:
+            pred = torch.randn(n, 4, generator=gen, dtype=torch.float64) * (0.005 + 0.1 * spread)
+            target = torch.zeros(n, 4, dtype=torch.float64)
+            mask = np.broadcast_to(keep.numpy()[:, None], (n, 4))
+            expected = authors_ghmr(ref, pred.numpy(), target.numpy(), mask)
+            got = module(pred, target, keep)
+        kept += int((held & ref.empty).sum())
+        _close(got, expected, rtol=1e-6)
+    assert kept > 0
+    _close(module.running_count, ref.acc_sum, rtol=1e-12)
+    assert module.num_updates.item() == 10
+
+
+def test_bias_corrected_running_density_over_several_steps():
     m, bins = 0.75, 30
-    module = GHMC(bins=bins, momentum=m)
-    ref = RefDensity(bins, m)
+    module = GHMC(bins=bins, momentum=m, ema="bias_corrected")
+    ref = RefDensity(bins, m, ema="bias_corrected")
     for step in range(4):
         x, labels = _cls_data(n=40 + 10 * step, seed=10 + step)
         x = x * (1 + step)  # the histogram changes from step to step
@@ -273,9 +399,10 @@ def test_ghmc_running_density_with_bias_correction_over_several_steps():
         assert module.num_updates.item() == step + 1
 
 
-def test_ghmr_running_density_over_several_steps():
+@pytest.mark.parametrize("ema", ["authors", "bias_corrected"])
+def test_ghmr_running_density_over_several_steps(ema):
     m, bins = 0.7, 10
-    module, ref = GHMR(momentum=m), RefDensity(bins, m)
+    module, ref = GHMR(momentum=m, ema=ema), RefDensity(bins, m, ema=ema)
     for step in range(3):
         pred, target = _reg_data(n=30 + step, seed=step)
         terms, grad, _ = ref_ghmr(pred.numpy(), target.numpy(), np.ones(pred.shape, bool), density=ref)
@@ -300,9 +427,10 @@ def test_state_dict_round_trip_restores_the_running_histogram():
     assert torch.equal(restored.running_count, module.running_count)
 
 
-def test_eval_mode_uses_the_blended_estimate_without_storing_it():
+@pytest.mark.parametrize("ema", ["authors", "bias_corrected"])
+def test_eval_mode_uses_the_blended_estimate_without_storing_it(ema):
     m = 0.75
-    module, ref = GHMC(momentum=m), RefDensity(30, m)
+    module, ref = GHMC(momentum=m, ema=ema), RefDensity(30, m, ema=ema)
     for step in range(2):
         x, labels = _cls_data(seed=step)
         y = _one_hot(labels.numpy(), C)
@@ -440,7 +568,7 @@ def _bad_cls_inputs():
         ((x, torch.tensor([0, 1, 2, 3, 4])), r"targets \(shape \(5,\)\).*\[0, 3\]"),
         ((x, torch.tensor([0, -1, 2, 3, 0])), r"targets \(shape \(5,\)\).*\[0, 3\]"),
         ((x, nan_targets), r"targets \(shape \(5, 3\)\).*finite"),
-        ((x, torch.zeros(5, dtype=torch.long), torch.ones(4, dtype=torch.bool)), r"valid.*\(5, 3\).*\(4,\)"),
+        ((x, torch.zeros(5, dtype=torch.long), torch.ones(4, dtype=torch.bool)), r"weight.*\(5, 3\).*\(4,\)"),
         ((x[0], torch.zeros(1, dtype=torch.long)), r"logits.*\(3,\)"),
     ]
 
@@ -460,8 +588,22 @@ def test_ghmr_bad_input_names_argument_and_shape():
     bad[1, 1] = float("nan")
     with pytest.raises(ValueError, match=r"target \(shape \(5, 4\)\).*NaN"):
         GHMR()(pred, bad)
-    with pytest.raises(ValueError, match=r"valid.*\(5, 4\).*\(5, 1\)"):
+    with pytest.raises(ValueError, match=r"weight.*\(5, 4\).*\(5, 1\)"):
         GHMR()(pred, bad.nan_to_num(), torch.ones(5, 1))
+
+
+def test_bad_weight_and_avg_factor():
+    x, labels = torch.randn(5, 3), torch.zeros(5, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"weight \(shape \(5,\)\) must not require grad"):
+        GHMC()(x, labels, torch.ones(5, requires_grad=True))
+    with pytest.raises(TypeError, match="weight.*complex"):
+        GHMC()(x, labels, torch.ones(5, dtype=torch.complex64))
+    with pytest.raises(TypeError, match="weight.*list"):
+        GHMR()(x, x, [1.0] * 5)
+    with pytest.raises(ValueError, match="avg_factor.*-1"):
+        GHMC()(x, labels, avg_factor=-1.0)
+    with pytest.raises(ValueError, match=r"avg_factor.*\(2,\)"):
+        ghm_r_loss(x, x, avg_factor=torch.ones(2))
 
 
 @pytest.mark.parametrize(
@@ -473,6 +615,8 @@ def test_ghmr_bad_input_names_argument_and_shape():
         (lambda: GHMC(momentum=-0.1), "momentum"),
         (lambda: GHMR(mu=0.0), "mu"),
         (lambda: GHMR(bins=0), "bins"),
+        (lambda: GHMC(ema="adam"), "ema.*'adam'"),
+        (lambda: GHMR(ema="mmdet"), "ema.*'mmdet'"),
     ],
 )
 def test_bad_hyper_parameters(make, pattern):

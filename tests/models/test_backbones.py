@@ -7,7 +7,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from balancedet.models.backbones import ResNetBackbone
 
 
-@pytest.mark.parametrize("norm", ["frozen_bn", "bn", "gn"])
+@pytest.mark.parametrize("norm", ["frozen_bn", "bn", "gn", "sync_bn"])
 def test_resnet18_returns_c3_c4_c5(norm):
     backbone = ResNetBackbone(18, norm=norm)
     feats = backbone(torch.randn(2, 3, 64, 96))

@@ -1,8 +1,8 @@
 """The GFL detector (Li et al., NeurIPS 2020, arXiv 2006.04388): head, decoding, losses, contract, overfit.
 
-The loss reference below is written independently of ``gfl_loss``: one image at a time, one positive
-at a time, float64, each formula spelled out (QFL eq. 5 of SPEC section 1, DFL eq. 6, GIoU, the
-expectation decode), and the normalisers as the GFL reference implementation applies them.
+The loss reference below is written independently of ``GFLCriterion``: one image at a time, one positive
+at a time, float64, each formula spelled out (QFL eq. 5, DFL eq. 6, GIoU, the expectation decode), and
+the normalisers as the GFL reference implementation applies them.
 """
 
 import math
@@ -12,21 +12,48 @@ import torch
 from torch import nn
 
 from balancedet.assign import ATSSAssigner
-from balancedet.boxes import box_iou, points_to_anchors
+from balancedet.boxes import box_iou
+from balancedet.boxes.anchors import FPN_STRIDES
 from balancedet.losses.focal import prior_bias
+from balancedet.losses.gfl import QualityFocalLoss
+from balancedet.losses.iou import GIoULoss
+from balancedet.models import DenseHead, DensePostProcess, Scale, build_pyramid, distribution_expectation
 from balancedet.models.backbones import ResNetBackbone
-from balancedet.models.batching import pad_targets
-from balancedet.models.gfl import GFL, GFLHead, Scale, distribution_expectation, gfl_loss
+from balancedet.models.gfl import GFL
 
 REG_MAX = 16
 C = 3
 
 
-def tiny_gfl(**kwargs) -> GFL:
+def gfl_head(in_channels, num_levels=5, channels=32, num_convs=4, norm="gn", norm_groups=32):
+    return DenseHead(in_channels, C, 1, 4 * (REG_MAX + 1), channels, num_convs, norm, 0.01, norm_groups, num_levels)
+
+
+def tiny_gfl(
+    fpn_channels=32,
+    head_channels=32,
+    num_convs=2,
+    head_norm="gn",
+    prior_prob=0.01,
+    bfp=None,
+    backbone_norm="frozen_bn",
+    frozen_stages=1,
+    backbone=18,
+    **kwargs,
+) -> GFL:
+    trunk, neck = build_pyramid(
+        backbone,
+        FPN_STRIDES,
+        extra_from="p5",
+        norm=backbone_norm,
+        frozen_stages=frozen_stages,
+        channels=fpn_channels,
+        bfp=bfp,
+    )
     # 8 groups of 4 channels: GroupNorm refuses groups of one value, which one channel on a 1x1 P7 would be
-    args = dict(backbone=18, fpn_channels=32, head_channels=32, num_convs=2, head_norm_groups=8)
-    args.update(kwargs)
-    return GFL(C, **args)
+    head = DenseHead(fpn_channels, C, 1, 4 * (REG_MAX + 1), head_channels, num_convs, head_norm, prior_prob, 8, 5)
+    post = {k: kwargs.pop(k) for k in ("score_thresh", "max_detections", "nms_iou") if k in kwargs}
+    return GFL(C, trunk, neck, head, postprocess=DensePostProcess(**{"nms_iou": 0.6, **post}), **kwargs)
 
 
 def targets_of(*boxes_and_labels):
@@ -46,7 +73,7 @@ TARGETS = (
 
 
 def test_head_output_shapes_and_layout():
-    head = GFLHead(16, C, num_levels=2, channels=32, num_convs=2, reg_max=REG_MAX)
+    head = gfl_head(16, num_levels=2, channels=32, num_convs=2)
     feats = [torch.randn(2, 16, 8, 6), torch.randn(2, 16, 4, 3)]
     cls, reg = head(feats)
     assert [t.shape for t in cls] == [(2, 48, C), (2, 12, C)]
@@ -54,15 +81,15 @@ def test_head_output_shapes_and_layout():
     # location (i, j) of a level is row i * W + j of its output, as AnchorPoints orders the points
     raw = head.cls_logits(head.cls_tower(feats[0]))
     torch.testing.assert_close(cls[0][1, 2 * 6 + 5], raw[1, :, 2, 5])
-    with pytest.raises(ValueError, match="expected 2 feature maps"):
+    with pytest.raises(ValueError, match="1 levels for 2 per-level scales"):
         head(feats[:1])
 
 
 def test_head_init_prior_bias_groupnorm_and_scales():
-    head = GFLHead(32, C, num_levels=5, channels=32, num_convs=4)
+    head = gfl_head(32)
     torch.testing.assert_close(head.cls_logits.bias, torch.full((C,), prior_bias(0.01)))
     assert math.isclose(1 / (1 + math.exp(-prior_bias(0.01))), 0.01, rel_tol=1e-12)
-    assert torch.all(head.reg_logits.bias == 0)
+    assert torch.all(head.reg_output.bias == 0)
     convs = [m for m in head.cls_tower if isinstance(m, nn.Conv2d)]
     assert len(convs) == 4 and all(c.bias is None for c in convs)  # GroupNorm follows every conv
     assert sum(isinstance(m, nn.GroupNorm) for m in head.reg_tower) == 4
@@ -72,17 +99,17 @@ def test_head_init_prior_bias_groupnorm_and_scales():
     cls, _ = head([torch.zeros(1, 32, 4, 4)] * 5)
     torch.testing.assert_close(torch.cat(cls, 1).sigmoid(), torch.full((1, 80, C), 0.01), atol=1e-3, rtol=0)
 
-    plain = GFLHead(32, C, num_levels=1, channels=32, num_convs=2, norm=None)
+    plain = gfl_head(32, num_levels=1, channels=32, num_convs=2, norm=None)
     assert not any(isinstance(m, nn.GroupNorm) for m in plain.modules())
     assert all(m.bias is not None for m in plain.cls_tower if isinstance(m, nn.Conv2d))
-    with pytest.raises(ValueError, match="divisible"):
-        GFLHead(32, C, channels=48)
+    # 48 channels: gcd(32, 48) = 16 groups of 3 (the GroupNorm of the GFL head needs groups dividing them)
+    assert [m.num_groups for m in gfl_head(32, channels=48).cls_tower if isinstance(m, nn.GroupNorm)] == [16] * 4
     with pytest.raises(ValueError, match="norm"):
-        GFLHead(32, C, norm="batch")
+        gfl_head(32, norm="batch")
 
 
 def test_scale_multiplies_the_regression_output_per_level():
-    head = GFLHead(8, C, num_levels=2, channels=32, num_convs=1)
+    head = gfl_head(8, num_levels=2, channels=32, num_convs=1)
     feats = [torch.randn(1, 8, 4, 4), torch.randn(1, 8, 2, 2)]
     _, before = head(feats)
     with torch.no_grad():
@@ -135,10 +162,12 @@ def _giou(p, t):
 
 
 def reference_losses(cls, reg, points, strides, targets, counts, octave_base_scale=8.0):
+    # the ATSS anchors: squares of side octave_base_scale * stride centred on the points (ATSS, sec. 3)
     """``cls: (B, A, C)``, ``reg: (B, A, 68)`` float64 -> the three losses, image by image, positive by positive."""
     bins = REG_MAX + 1
     assigner = ATSSAssigner(topk=9)
-    anchors = points_to_anchors(points, strides, octave_base_scale)
+    half = (strides * octave_base_scale / 2)[:, None]
+    anchors = torch.cat((points - half, points + half), dim=1)
     qfl_sum, num_pos, dfl_sum, giou_sum, weight_sum = 0.0, 0, 0.0, 0.0, 0.0
     for b, target in enumerate(targets):
         boxes = target["boxes"].to(torch.float64)
@@ -171,9 +200,9 @@ def reference_losses(cls, reg, points, strides, targets, counts, octave_base_sca
         qfl_sum = qfl_sum + ((y - s).abs() ** 2 * -((1 - y) * torch.log(1 - s) + y * torch.log(s))).sum()
     return (
         {
-            "loss_qfl": qfl_sum / max(num_pos, 1),
+            "loss_cls": qfl_sum / max(num_pos, 1),
             "loss_dfl": 0.25 * dfl_sum / max(weight_sum, 1.0),
-            "loss_giou": 2.0 * giou_sum / max(weight_sum, 1.0),
+            "loss_box": 2.0 * giou_sum / max(weight_sum, 1.0),
         },
         num_pos,
         weight_sum,
@@ -184,7 +213,7 @@ def _double_model(**kwargs):
     model = tiny_gfl(prior_prob=0.4, **kwargs).double().train()
     with torch.no_grad():
         # peaked, varied distributions and scores, so that every term of the losses matters
-        nn.init.normal_(model.head.reg_logits.weight, std=0.3)
+        nn.init.normal_(model.head.reg_output.weight, std=0.3)
         nn.init.normal_(model.head.cls_logits.weight, std=0.3)
         for i, scale in enumerate(model.head.scales):
             scale.scale.fill_(1.0 + 0.1 * i)
@@ -194,8 +223,22 @@ def _double_model(**kwargs):
 def _head_outputs(model, images):
     feats = model.features(images)
     cls, reg = model.head(feats)
-    points, strides = model.points([f.shape[-2:] for f in feats], dtype=torch.float64)
-    return torch.cat(cls, 1), torch.cat(reg, 1), points, strides, [c.shape[1] for c in cls]
+    priors = model.prior_generator([f.shape[-2:] for f in feats], images.device)
+    # GFL's points: (j * s, i * s) of each location, row-major, level after level (point offset 0)
+    points = torch.cat(
+        [
+            torch.stack(torch.meshgrid(torch.arange(f.shape[-2]), torch.arange(f.shape[-1]), indexing="ij")[::-1], -1)
+            .reshape(-1, 2)
+            .double()
+            * s
+            for f, s in zip(feats, (8, 16, 32, 64, 128), strict=True)
+        ]
+    )
+    strides = torch.cat(
+        [torch.full((f.shape[-2] * f.shape[-1],), float(s)) for f, s in zip(feats, (8, 16, 32, 64, 128), strict=True)]
+    )
+    torch.testing.assert_close(priors.points.double(), points)
+    return torch.cat(cls, 1), torch.cat(reg, 1), points, strides.double(), [c.shape[1] for c in cls], priors
 
 
 @pytest.mark.parametrize("with_empty_image", [False, True])
@@ -206,10 +249,10 @@ def test_training_losses_match_the_reference(with_empty_image):
     if with_empty_image:
         targets[1] = {"boxes": torch.zeros(0, 4, dtype=torch.float64), "labels": torch.zeros(0, dtype=torch.int64)}
     losses = model(images, targets)
-    assert set(losses) == {"loss_qfl", "loss_dfl", "loss_giou"}
+    assert set(losses) == {"loss_cls", "loss_dfl", "loss_box"}
 
     with torch.no_grad():
-        cls, reg, points, strides, counts = _head_outputs(model, images)
+        cls, reg, points, strides, counts, _ = _head_outputs(model, images)
         expected, num_pos, weight_sum = reference_losses(cls, reg, points, strides, targets, counts)
     assert num_pos >= 4 and weight_sum > 1.0  # both normalisers are exercised above their clamp
     for name, value in expected.items():
@@ -221,12 +264,10 @@ def test_loss_gradients_match_the_reference():
     images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     targets = targets_of(*TARGETS)
     with torch.no_grad():
-        cls, reg, points, strides, counts = _head_outputs(model, images)
-    gt_boxes, gt_labels = pad_targets(targets, "cpu")
-    assignment = ATSSAssigner()(points_to_anchors(points, strides), counts, gt_boxes, gt_labels, C)
+        cls, reg, points, strides, counts, priors = _head_outputs(model, images)
 
     cls_a, reg_a = cls.clone().requires_grad_(), reg.clone().requires_grad_()
-    got = gfl_loss(cls_a, reg_a, points, strides, assignment, gt_boxes)
+    got = model.criterion(cls_a, reg_a, priors, targets)
     cls_b, reg_b = cls.clone().requires_grad_(), reg.clone().requires_grad_()
     expected, _, _ = reference_losses(cls_b, reg_b, points, strides, targets, counts)
     for name in got:
@@ -244,10 +285,14 @@ def test_loss_weights_scale_the_terms():
     torch.manual_seed(1)
     base = _double_model()(images, targets)
     torch.manual_seed(1)
-    scaled = _double_model(qfl_weight=3.0, dfl_weight=1.0, giou_weight=1.0)(images, targets)
-    torch.testing.assert_close(scaled["loss_qfl"], 3 * base["loss_qfl"])
+    scaled = _double_model(
+        cls_loss=QualityFocalLoss(loss_weight=3.0), dfl_weight=1.0, box_loss=GIoULoss(loss_weight=1.0)
+    )(images, targets)
+    torch.testing.assert_close(scaled["loss_cls"], 3 * base["loss_cls"])
     torch.testing.assert_close(scaled["loss_dfl"], 4 * base["loss_dfl"])
-    torch.testing.assert_close(scaled["loss_giou"], base["loss_giou"] / 2)
+    torch.testing.assert_close(scaled["loss_box"], base["loss_box"] / 2)
+    torch.manual_seed(1)
+    assert "loss_dfl" not in _double_model(dfl_weight=0.0)(images, targets)
 
 
 def test_batch_without_any_box_has_zero_box_losses_and_defined_gradients():
@@ -255,11 +300,11 @@ def test_batch_without_any_box_has_zero_box_losses_and_defined_gradients():
     images = torch.randn(2, 3, 64, 64)
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
     losses = model(images, [empty, empty])
-    assert losses["loss_dfl"].item() == 0.0 and losses["loss_giou"].item() == 0.0
-    assert 0.0 < losses["loss_qfl"].item() and torch.isfinite(losses["loss_qfl"])
+    assert losses["loss_dfl"].item() == 0.0 and losses["loss_box"].item() == 0.0
+    assert 0.0 < losses["loss_cls"].item() and torch.isfinite(losses["loss_cls"])
     sum(losses.values()).backward()
     # every head parameter takes part in the graph (no unused parameters under DDP)
-    grad = model.head.reg_logits.weight.grad
+    grad = model.head.reg_output.weight.grad
     assert grad is not None and torch.all(grad == 0)
     assert model.head.cls_logits.weight.grad.abs().sum() > 0
 
@@ -267,27 +312,29 @@ def test_batch_without_any_box_has_zero_box_losses_and_defined_gradients():
 def test_training_needs_matching_targets():
     model = tiny_gfl()
     images = torch.randn(2, 3, 64, 64)
-    with pytest.raises(ValueError, match="targets are required"):
+    with pytest.raises(ValueError, match="one target per image \\(2\\), got None"):
         model(images)
-    with pytest.raises(ValueError, match="1 targets for a batch of 2"):
+    with pytest.raises(ValueError, match="one target per image \\(2\\), got 1"):
         model(images, targets_of(TARGETS[0]))
 
 
 def test_construction_options():
     images = torch.randn(2, 3, 64, 64)
     targets = targets_of(*TARGETS)
-    for model in (
-        tiny_gfl(bfp="non_local", head_norm=None),
-        GFL(C, backbone=ResNetBackbone(18), fpn_channels=32, head_channels=32, num_convs=1, head_norm_groups=8),
-    ):
+    for model in (tiny_gfl(bfp="non_local", head_norm=None), GFL(C, ResNetBackbone(18))):
         losses = model.train()(images, targets)
         assert all(torch.isfinite(v) for v in losses.values())
+    default = GFL(C, 18)
+    assert default.neck.fpn.extra_from == "p5" and default.postprocess.nms_iou == 0.6
+    assert sum(isinstance(m, nn.GroupNorm) for m in default.head.cls_tower) == 4 and len(default.head.scales) == 5
     with pytest.raises(ValueError, match="num_classes"):
         GFL(0, backbone=18)
     with pytest.raises(ValueError, match="strides"):
-        tiny_gfl(strides=(4, 8, 16, 32, 64))
+        GFL(C, 18, strides=(8, 16, 32, 64, 256))
     with pytest.raises(TypeError, match="backbone"):
         GFL(C, backbone="resnet18")
+    with pytest.raises(ValueError, match=r"the head has \(num_classes, num_anchors, reg_width\) \(3, 1, 4\)"):
+        GFL(C, 18, head=DenseHead(256, C, 1, 4))
 
 
 # ---- evaluation contract ---------------------------------------------------------------------------
@@ -302,7 +349,7 @@ def test_eval_returns_detections_in_input_coordinates():
         out = model(images)
         batch = torch.zeros(2, 3, 96, 96)  # padded to multiples of 32
         batch[0, :, :64, :80], batch[1, :, :70, :64] = images
-        cls, _, _, _, _ = _head_outputs(model, batch)
+        cls = _head_outputs(model, batch)[0]
     assert len(out) == 2
     for det, (h, w), logits in zip(out, [(64, 80), (70, 64)], cls, strict=True):
         assert set(det) == {"boxes", "scores", "labels"}
@@ -325,7 +372,7 @@ def test_eval_boxes_are_the_expectation_times_the_stride():
     images = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         det = model(images)[0]
-        cls, reg, points, strides, _ = _head_outputs(model, images)
+        cls, reg, points, strides, _, _ = _head_outputs(model, images)
     # one detection per (point, class): match the best one back to its point
     best = int(cls[0].max(dim=1).values.argmax())
     d = distribution_expectation(reg[0, best], REG_MAX) * strides[best]

@@ -6,12 +6,14 @@ import torch
 from torch import nn
 
 from balancedet.assign import MaxIoUAssigner
+from balancedet.boxes.anchors import FPN_STRIDES
 from balancedet.losses.balanced_l1 import BalancedL1Loss
 from balancedet.losses.focal import FocalLoss, sigmoid_focal_loss
 from balancedet.losses.ghm import GHMC, GHMR
 from balancedet.losses.iou import GIoULoss
 from balancedet.losses.smooth_l1 import L1Loss, smooth_l1_loss
-from balancedet.models import PositiveNormalizer, ResNetBackbone, RetinaNet, RetinaNetHead
+from balancedet.models import DenseHead, DensePostProcess, PositiveNormalizer, ResNetBackbone, RetinaNet, build_pyramid
+from balancedet.models.heads import flatten_level
 from balancedet.samplers import HardNegativeMiner, OHEMSampler
 
 NUM_CLASSES = 3
@@ -24,11 +26,12 @@ def backbone():
     return ResNetBackbone(18, norm="bn", frozen_stages=-1)
 
 
-def tiny(backbone, **kwargs):
+def tiny(backbone, fpn_channels=16, head_channels=16, num_convs=1, bfp=None, head_norm=None, **kwargs):
     """ResNet-18 + a 16-channel FPN and one-conv heads: a RetinaNet small enough for unit tests."""
-    args = dict(fpn_channels=16, head_channels=16, num_convs=1, anchor_sizes=SIZES)
-    args.update(kwargs)
-    return RetinaNet(NUM_CLASSES, copy.deepcopy(backbone), **args)
+    trunk, neck = build_pyramid(copy.deepcopy(backbone), FPN_STRIDES, extra_from="c5", channels=fpn_channels, bfp=bfp)
+    head = DenseHead(fpn_channels, NUM_CLASSES, 9, 4, head_channels, num_convs, head_norm, norm_groups=4)
+    post = {k: kwargs.pop(k) for k in ("score_thresh", "max_detections") if k in kwargs}
+    return RetinaNet(NUM_CLASSES, trunk, neck, head, anchor_sizes=SIZES, postprocess=DensePostProcess(**post), **kwargs)
 
 
 def batch():
@@ -43,15 +46,16 @@ def batch():
 
 def test_head_initialisation_follows_the_paper():
     torch.manual_seed(0)
-    head = RetinaNetHead(256, 9, 80)
+    head = DenseHead(256, 80, 9, 4)
     assert torch.allclose(head.cls_logits.bias, torch.full((720,), -math.log(99.0)))
-    assert (head.box_deltas.bias == 0).all()
-    for conv in [*head.cls_subnet, *head.box_subnet, head.cls_logits, head.box_deltas]:
+    assert (head.reg_output.bias == 0).all()
+    for conv in [*head.cls_tower, *head.reg_tower, head.cls_logits, head.reg_output]:
         if isinstance(conv, nn.Conv2d):
             assert conv.weight.std().item() == pytest.approx(0.01, rel=0.05)
             assert conv.kernel_size == (3, 3)
-    assert sum(isinstance(m, nn.Conv2d) for m in head.cls_subnet) == 4
-    assert sum(isinstance(m, nn.ReLU) for m in head.box_subnet) == 4
+    assert sum(isinstance(m, nn.Conv2d) for m in head.cls_tower) == 4
+    assert sum(isinstance(m, nn.ReLU) for m in head.reg_tower) == 4
+    assert not head.scales and all(c.bias is not None for c in head.cls_tower if isinstance(c, nn.Conv2d))
 
 
 def test_head_outputs_follow_the_anchor_order():
@@ -63,7 +67,7 @@ def test_head_outputs_follow_the_anchor_order():
             for i in range(h):
                 for j in range(w):
                     x[0, ai * c + ci, i, j] = 1000 * i + 100 * j + 10 * ai + ci
-    flat = RetinaNetHead._flatten(x, c)
+    flat = flatten_level(x, c)
     for i in range(h):
         for j in range(w):
             for ai in range(a):
@@ -72,12 +76,15 @@ def test_head_outputs_follow_the_anchor_order():
 
 def test_default_components():
     model = RetinaNet(80, 18)
-    assert isinstance(model.cls_loss, FocalLoss) and model.cls_loss.alpha == 0.25 and model.cls_loss.gamma == 2.0
-    assert model.box_loss.beta == 0.11
-    assert isinstance(model.assigner, MaxIoUAssigner)
-    assert model.anchor_generator.num_anchors_per_location == 9
-    assert model.neck.strides == (8, 16, 32, 64, 128)
-    assert model.normalizer.momentum is None
+    criterion = model.criterion
+    assert isinstance(criterion.cls_loss, FocalLoss) and criterion.cls_loss.alpha == 0.25
+    assert criterion.cls_loss.gamma == 2.0
+    assert criterion.box_loss.beta == 0.11
+    assert isinstance(criterion.assigner, MaxIoUAssigner) and criterion.sampler is None
+    assert model.prior_generator.num_anchors_per_location == 9
+    assert model.neck.strides == (8, 16, 32, 64, 128) and model.neck.bfp is None
+    assert criterion.normalizer.momentum is None
+    assert model.postprocess.nms_iou == 0.5 and model.postprocess.score_thresh == 0.05
 
 
 @pytest.mark.parametrize(
@@ -94,6 +101,7 @@ def test_default_components():
         {"sampler": HardNegativeMiner()},
         {"normalizer": PositiveNormalizer(momentum=0.9)},
         {"bfp": "non_local", "head_norm": "gn"},
+        {"head_norm": "bn"},
     ],
     ids=lambda kw: "-".join(f"{k}={v if isinstance(v, str) else type(v).__name__}" for k, v in kw.items()) or "default",
 )
@@ -123,8 +131,9 @@ def test_batched_losses_equal_a_loop_over_images(backbone):
     model.train()
     cls_levels, box_levels = model.head(model.features(images))
     cls, deltas = torch.cat(cls_levels, 1), torch.cat(box_levels, 1)
-    anchors = model.anchor_generator([(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)])
-    losses = model.compute_loss(cls, deltas, anchors, targets)
+    priors = model.prior_generator([(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)], images.device)
+    anchors = priors.anchors
+    losses = model.criterion(cls, deltas, priors, targets)
 
     total_cls, total_box, total_pos = 0.0, 0.0, 0
     for i, target in enumerate(targets):
@@ -132,7 +141,7 @@ def test_batched_losses_equal_a_loop_over_images(backbone):
         valid = result.labels[0] >= 0
         total_cls = total_cls + sigmoid_focal_loss(cls[i][valid], result.labels[0][valid], reduction="sum")
         pos = result.matched[0] >= 0
-        goal = model.box_coder.encode(anchors[pos], target["boxes"][result.matched[0][pos]])
+        goal = model.criterion.coding.coder.encode(anchors[pos], target["boxes"][result.matched[0][pos]])
         total_box = total_box + smooth_l1_loss(deltas[i][pos], goal, beta=0.11, reduction="sum")
         total_pos += int(pos.sum())
     torch.testing.assert_close(losses["loss_cls"], total_cls / total_pos)

@@ -4,7 +4,7 @@ import torch
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from balancedet.samplers import SampleResult
+from balancedet.samplers import Sample
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -18,12 +18,23 @@ def matched_vectors(draw, max_size: int = 200, max_gt: int = 6) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64)
 
 
-def check_result(result: SampleResult, matched: torch.Tensor) -> None:
-    """Index sets: int64 on matched's device, unique, disjoint, really positive / negative."""
-    for idx in (result.pos_idx, result.neg_idx):
-        assert idx.dtype == torch.int64
-        assert idx.device == matched.device
-        assert idx.dim() == 1
-        assert idx.unique().numel() == idx.numel()
-    assert (matched[result.pos_idx] >= 0).all()
-    assert (matched[result.neg_idx] == -1).all()
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def check_result(sample: Sample, matched: torch.Tensor) -> None:
+    """A ``Sample`` of ``matched``'s shape and device: kept positives really positive, kept negatives
+    really background, ignored never kept; the index sets of one image ascending and int64."""
+    assert isinstance(sample, Sample)
+    for mask in (sample.pos, sample.neg):
+        assert mask.dtype == torch.bool and mask.shape == matched.shape and mask.device == matched.device
+    assert (matched[sample.pos] >= 0).all()
+    assert (matched[sample.neg] == -1).all()
+    if matched.dim() == 1:
+        for idx in (sample.pos_idx, sample.neg_idx):
+            assert idx.dtype == torch.int64 and idx.device == matched.device
+            assert torch.equal(idx, idx.sort().values)
+
+
+def count(mask: torch.Tensor) -> int:
+    return int(mask.sum())

@@ -10,14 +10,15 @@ from hypothesis import strategies as st
 from balancedet.losses import sigmoid_focal_loss
 from balancedet.samplers import (
     LINEAR_SHIFT_SCHEDULE,
+    Candidates,
     HardNegativeMiner,
     InstanceBalancedPosSampler,
     IoUBalancedNegSampler,
     OHEMSampler,
     RandomSampler,
-    SampleResult,
+    Sample,
     SOHEMSampler,
-    to_weight,
+    libra_sampler,
 )
 from balancedet.samplers.base import (
     check_like,
@@ -27,7 +28,7 @@ from balancedet.samplers.base import (
     rank_in_group,
     select_first,
 )
-from tests.samplers.strategies import FAST, matched_vectors, seeds
+from tests.samplers.strategies import FAST, matched_vectors, seeded, seeds
 
 
 def brute_select(eligible: list[bool], key: list[int], k: int, descending: bool) -> set[int]:
@@ -72,21 +73,29 @@ def test_rank_in_group_matches_brute_force(values):
         assert got[i] == want
 
 
-def test_sample_result_and_to_weight():
+def test_sample_keep_weight_and_indices():
     pos = torch.tensor([False, True, False, True, False])
     neg = torch.tensor([True, False, False, False, False])
-    result = SampleResult.from_masks(pos, neg)
-    assert result.pos_idx.tolist() == [1, 3] and result.neg_idx.tolist() == [0]
-    assert result.pos_idx.dtype == torch.int64 and result.num_pos == 2 and result.num_neg == 1
-    assert result.indices.tolist() == [1, 3, 0]
-    assert to_weight(result, 5).tolist() == [1, 1, 0, 1, 0]
-    assert to_weight(result, 5, part="pos").tolist() == [0, 1, 0, 1, 0]
-    assert to_weight(result, 5, part="neg", dtype=torch.float64).tolist() == [1, 0, 0, 0, 0]
-    assert to_weight(result, 5).dtype == torch.float32
+    sample = Sample(pos, neg)
+    assert sample.pos_idx.tolist() == [1, 3] and sample.neg_idx.tolist() == [0]
+    assert sample.pos_idx.dtype == torch.int64 and sample.neg_idx.dtype == torch.int64
+    assert sample.indices.tolist() == [1, 3, 0]
+    assert sample.keep.tolist() == [True, True, False, True, False]
+    assert sample.weight().tolist() == [1, 1, 0, 1, 0]
+    assert sample.weight(part="pos").tolist() == [0, 1, 0, 1, 0]
+    assert sample.weight(part="neg", dtype=torch.float64).tolist() == [1, 0, 0, 0, 0]
+    assert sample.weight().dtype == torch.float32
+    assert sample.weight(part="neg", dtype=torch.float64).dtype == torch.float64
     with pytest.raises(ValueError, match="part"):
-        to_weight(result, 5, part="both")
+        sample.weight(part="both")
+    batched = Sample(torch.zeros(2, 3, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool))
+    assert batched.weight().shape == (2, 3) and batched.weight().sum() == 6
     with pytest.raises(ValueError, match=r"\(2, 3\)"):
-        SampleResult.from_masks(torch.zeros(2, 3, dtype=torch.bool), torch.zeros(2, 3, dtype=torch.bool))
+        _ = batched.pos_idx
+    with pytest.raises(ValueError, match=r"Sample.pos \(3,\).*Sample.neg \(4,\)"):
+        Sample(torch.zeros(3, dtype=torch.bool), torch.zeros(4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="Sample.neg.*float32"):
+        Sample(torch.zeros(3, dtype=torch.bool), torch.zeros(3))
 
 
 def test_negative_quota_upper_bound():
@@ -100,8 +109,6 @@ def test_validation_names_the_problem():
         check_matched(torch.zeros(3))
     with pytest.raises(ValueError, match=r"\(1, 2, 3\)"):
         check_matched(torch.zeros(1, 2, 3, dtype=torch.int64))
-    with pytest.raises(ValueError, match=r"\(2, 3\)"):
-        check_matched(torch.zeros(2, 3, dtype=torch.int64), one_image=True)
     with pytest.raises(ValueError, match=r"max_iou.*\(3,\).*\(4,\)"):
         check_like("max_iou", torch.zeros(4), torch.zeros(3, dtype=torch.int64))
     with pytest.raises(TypeError, match="losses"):
@@ -122,8 +129,8 @@ def test_sampled_weight_mask_equals_focal_loss_on_gathered_subset(matched, seed)
     num_classes = 4
     labels = torch.where(matched >= 0, matched, num_classes)
     logits = torch.randn(matched.numel(), num_classes, generator=torch.Generator().manual_seed(seed))
-    result = RandomSampler(num=32, pos_fraction=0.25)(matched, torch.Generator().manual_seed(seed))
-    weighted = sigmoid_focal_loss(logits, labels, weight=to_weight(result, matched.numel()), reduction="sum")
+    result = RandomSampler(num=32, pos_fraction=0.25)(Candidates(matched, generator=seeded(seed)))
+    weighted = sigmoid_focal_loss(logits, labels, weight=result.weight(), reduction="sum")
     idx = result.indices
     gathered = sigmoid_focal_loss(logits[idx], labels[idx], reduction="sum")
     torch.testing.assert_close(weighted, gathered)
@@ -154,24 +161,31 @@ def test_every_sampler_on_device_without_host_sync(device):
     dev = [t.to(device) for t in (matched, losses, loc, iou)]
     g = torch.Generator(device=device).manual_seed(0)
     with no_host_sync(device):
-        masks = {
-            "random": RandomSampler().masks(dev[0], g),
-            "instance": InstanceBalancedPosSampler().masks(dev[0], g),
-            "iou": IoUBalancedNegSampler().masks(dev[0], dev[3], g),
-            "ohem": OHEMSampler(num=None).masks(dev[0], dev[1]),
-            "budget": OHEMSampler(mode="budget").masks(dev[0], dev[1]),
-            "ssd": (HardNegativeMiner()(dev[0], dev[1]),),
-            "sohem": (SOHEMSampler(schedule=LINEAR_SHIFT_SCHEDULE).strata(dev[0], dev[1], dev[2], 0.6),),
+        candidates = Candidates(dev[0], max_iou=dev[3], cls_loss=dev[1], box_loss=dev[2], progress=0.6, generator=g)
+        samples = {
+            "random": RandomSampler()(candidates),
+            "instance": InstanceBalancedPosSampler()(candidates),
+            "iou": IoUBalancedNegSampler()(candidates),
+            "libra": libra_sampler()(candidates),
+            "ohem": OHEMSampler(num=None)(candidates),
+            "budget": OHEMSampler(mode="budget")(candidates),
+            "ssd": HardNegativeMiner()(candidates),
+            "sohem": SOHEMSampler(schedule=LINEAR_SHIFT_SCHEDULE)(candidates),
         }
-    for name, out in masks.items():
-        assert all(m.device.type == device for m in out), name
+        strata = SOHEMSampler(schedule=LINEAR_SHIFT_SCHEDULE).strata(candidates)
+        weights = [s.weight() for s in samples.values()]
+    for name, out in samples.items():
+        assert out.pos.device.type == device and out.neg.device.type == device, name
+    assert strata.device.type == device and all(w.device.type == device for w in weights)
     # the deterministic ones agree with the CPU exactly; the random ones in their counts
-    assert torch.equal(masks["ohem"][1].cpu(), OHEMSampler(num=None).masks(matched, losses)[1])
-    assert torch.equal(masks["ssd"][0].cpu(), HardNegativeMiner()(matched, losses))
-    sohem = SOHEMSampler(schedule=LINEAR_SHIFT_SCHEDULE)
-    assert torch.equal(masks["sohem"][0].cpu(), sohem.strata(matched, losses, loc, 0.6))
-    cpu_counts = [m.sum(-1) for m in RandomSampler().masks(matched)]
-    assert all(torch.equal(a.sum(-1).cpu(), b) for a, b in zip(masks["random"], cpu_counts, strict=True))
-    result = IoUBalancedNegSampler()(dev[0][0], dev[3][0], g)
-    assert result.pos_idx.device.type == device and result.neg_idx.dtype == torch.int64
-    assert (result.num_pos, result.num_neg) == (128, min(384, int((matched[0] == -1).sum())))
+    cpu = Candidates(matched, max_iou=iou, cls_loss=losses, box_loss=loc, progress=0.6)
+    ohem = OHEMSampler(num=None)(cpu)
+    assert torch.equal(samples["ohem"].neg.cpu(), ohem.neg) and torch.equal(samples["ohem"].pos.cpu(), ohem.pos)
+    assert torch.equal(samples["ssd"].keep.cpu(), HardNegativeMiner()(cpu).keep)
+    assert torch.equal(strata.cpu(), SOHEMSampler(schedule=LINEAR_SHIFT_SCHEDULE).strata(cpu))
+    cpu_random = RandomSampler()(cpu)
+    for a, b in ((samples["random"].pos, cpu_random.pos), (samples["random"].neg, cpu_random.neg)):
+        assert torch.equal(a.sum(-1).cpu(), b.sum(-1))
+    one = IoUBalancedNegSampler()(Candidates(dev[0][0], max_iou=dev[3][0], generator=g))
+    assert one.pos_idx.device.type == device and one.neg_idx.dtype == torch.int64
+    assert (one.pos_idx.numel(), one.neg_idx.numel()) == (128, min(384, int((matched[0] == -1).sum())))

@@ -5,8 +5,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from balancedet.samplers import RandomSampler
-from tests.samplers.strategies import FAST, check_result, matched_vectors, seeds
+from balancedet.samplers import Candidates, RandomSampler
+from tests.samplers.strategies import FAST, check_result, count, matched_vectors, seeded, seeds
 
 
 @FAST
@@ -19,36 +19,36 @@ from tests.samplers.strategies import FAST, check_result, matched_vectors, seeds
 )
 def test_counts_are_exact(matched, num, pos_fraction, neg_pos_ub, seed):
     sampler = RandomSampler(num, pos_fraction, neg_pos_ub)
-    result = sampler(matched, torch.Generator().manual_seed(seed))
-    check_result(result, matched)
+    sample = sampler(Candidates(matched, generator=seeded(seed)))
+    check_result(sample, matched)
     n_pos_avail, n_neg_avail = int((matched >= 0).sum()), int((matched == -1).sum())
     n_pos = min(int(num * pos_fraction), n_pos_avail)
     n_neg = num - n_pos
     if neg_pos_ub >= 0:
         n_neg = min(n_neg, int(neg_pos_ub * max(n_pos, 1)))
-    assert result.num_pos == n_pos
-    assert result.num_neg == min(n_neg, n_neg_avail)
+    assert count(sample.pos) == n_pos
+    assert count(sample.neg) == min(n_neg, n_neg_avail)
 
 
 def test_faster_rcnn_defaults():
     matched = torch.cat([torch.zeros(300, dtype=torch.int64), torch.full((3000,), -1), torch.full((50,), -2)])
-    result = RandomSampler()(matched, torch.Generator().manual_seed(0))
-    assert (result.num_pos, result.num_neg) == (128, 384)
-    rpn = RandomSampler(256, 0.5)(matched, torch.Generator().manual_seed(0))
-    assert (rpn.num_pos, rpn.num_neg) == (128, 128)
-    few = RandomSampler()(matched[290:], torch.Generator().manual_seed(0))  # 10 positives
-    assert (few.num_pos, few.num_neg) == (10, 502)
+    sample = RandomSampler()(Candidates(matched, generator=seeded(0)))
+    assert (count(sample.pos), count(sample.neg)) == (128, 384)
+    rpn = RandomSampler(256, 0.5)(Candidates(matched, generator=seeded(0)))
+    assert (count(rpn.pos), count(rpn.neg)) == (128, 128)
+    few = RandomSampler()(Candidates(matched[290:], generator=seeded(0)))  # 10 positives
+    assert (count(few.pos), count(few.neg)) == (10, 502)
 
 
 def test_same_seed_same_result_different_seed_different():
     matched = torch.cat([torch.randint(0, 4, (300,)), torch.full((1500,), -1), torch.full((200,), -2)])
     sampler = RandomSampler()
-    a = sampler(matched, torch.Generator().manual_seed(7))
-    b = sampler(matched, torch.Generator().manual_seed(7))
-    c = sampler(matched, torch.Generator().manual_seed(8))
-    assert torch.equal(a.pos_idx, b.pos_idx) and torch.equal(a.neg_idx, b.neg_idx)
-    assert not torch.equal(a.pos_idx, c.pos_idx)
-    assert not torch.equal(a.neg_idx, c.neg_idx)
+    a = sampler(Candidates(matched, generator=seeded(7)))
+    b = sampler(Candidates(matched, generator=seeded(7)))
+    c = sampler(Candidates(matched, generator=seeded(8)))
+    assert torch.equal(a.pos, b.pos) and torch.equal(a.neg, b.neg)
+    assert not torch.equal(a.pos, c.pos)
+    assert not torch.equal(a.neg, c.neg)
 
 
 def test_subsets_are_uniform():
@@ -56,7 +56,8 @@ def test_subsets_are_uniform():
     # with probability 5/20 (positives) and 15/20 (negatives).
     row = torch.cat([torch.zeros(20, dtype=torch.int64), torch.full((20,), -1)])
     matched = row.expand(4000, -1)
-    pos, neg = RandomSampler(20, 0.25).masks(matched, torch.Generator().manual_seed(0))
+    sample = RandomSampler(20, 0.25)(Candidates(matched, generator=seeded(0)))
+    pos, neg = sample.pos, sample.neg
     assert (pos.sum(1) == 5).all() and (neg.sum(1) == 15).all()
     freq_pos, freq_neg = pos[:, :20].float().mean(0), neg[:, 20:].float().mean(0)
     assert (freq_pos - 0.25).abs().max() < 0.03
@@ -67,10 +68,11 @@ def test_batched_masks_count_per_image():
     matched = torch.stack(
         [torch.cat([torch.zeros(k, dtype=torch.int64), torch.full((40 - k,), -1)]) for k in (0, 3, 30)]
     )
-    pos, neg = RandomSampler(16, 0.5).masks(matched, torch.Generator().manual_seed(0))
-    assert pos.sum(1).tolist() == [0, 3, 8]
-    assert neg.sum(1).tolist() == [16, 13, 8]
-    assert not (pos & neg).any() and (matched[pos] >= 0).all() and (matched[neg] == -1).all()
+    sample = RandomSampler(16, 0.5)(Candidates(matched, generator=seeded(0)))
+    check_result(sample, matched)
+    assert sample.pos.sum(1).tolist() == [0, 3, 8]
+    assert sample.neg.sum(1).tolist() == [16, 13, 8]
+    assert not (sample.pos & sample.neg).any()
 
 
 def test_rejects_bad_arguments():
@@ -79,4 +81,6 @@ def test_rejects_bad_arguments():
     with pytest.raises(ValueError, match="num"):
         RandomSampler(-1)
     with pytest.raises(TypeError, match="integer"):
-        RandomSampler()(torch.zeros(4))
+        RandomSampler()(Candidates(torch.zeros(4)))
+    with pytest.raises(TypeError, match="RandomSampler takes a Candidates"):
+        RandomSampler()(torch.zeros(4, dtype=torch.int64))

@@ -5,7 +5,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from balancedet.samplers import LINEAR_SHIFT_SCHEDULE, OHEM_SCHEDULE, OHEMSampler, SOHEMSampler, Stage, Stratum
+from balancedet.samplers import (
+    LINEAR_SHIFT_SCHEDULE,
+    OHEM_SCHEDULE,
+    Candidates,
+    OHEMSampler,
+    SOHEMSampler,
+    Stage,
+    Stratum,
+)
 from tests.samplers.strategies import FAST, check_result, seeds
 
 
@@ -32,7 +40,7 @@ def test_strata_sizes_follow_the_schedule(progress, expected):
     sampler = SOHEMSampler(512, schedule=LINEAR_SHIFT_SCHEDULE)
     assert sampler.quotas(progress) == expected
     matched, cls, loc = candidates(3000, 0)
-    which = sampler.strata(matched, cls, loc, progress)
+    which = sampler.strata(Candidates(matched, cls_loss=cls, box_loss=loc, progress=progress))
     assert torch.bincount(which[which >= 0], minlength=3).tolist() == expected
     stage = sampler.stage(progress)
     assert [round(512 * s.fraction) for s in stage.strata] == expected
@@ -43,7 +51,8 @@ def test_strata_sizes_follow_the_schedule(progress, expected):
 def test_each_stratum_takes_its_hardest_remaining_candidates(seed, n, progress, num):
     matched, cls, loc = candidates(n, seed)
     sampler = SOHEMSampler(num, schedule=LINEAR_SHIFT_SCHEDULE)
-    which = sampler.strata(matched, cls, loc, progress)
+    inputs = Candidates(matched, cls_loss=cls, box_loss=loc, progress=progress)
+    which = sampler.strata(inputs)
     loc_pos = torch.where(matched >= 0, loc, 0.0)
     taken: set[int] = set()
     free = [i for i in range(n) if matched[i] >= -1]
@@ -55,17 +64,22 @@ def test_each_stratum_takes_its_hardest_remaining_candidates(seed, n, progress, 
         assert sorted(torch.nonzero(which == s).flatten().tolist()) == sorted(want)
         taken |= set(want)
     assert int((which >= 0).sum()) == min(num, len(free))
-    result = sampler(matched, cls, loc, progress)
+    result = sampler(inputs)
     check_result(result, matched)
     assert sorted(result.indices.tolist()) == sorted(taken)
+    assert torch.equal(result.pos, (which >= 0) & (matched >= 0))
+    assert torch.equal(result.neg, (which >= 0) & (matched == -1))
 
 
 def test_ohem_schedule_equals_ohem_budget_mode():
     matched, cls, loc = candidates(2000, 1)
     loc = torch.where(matched >= 0, loc, 0.0)
-    ours = SOHEMSampler(300, schedule=OHEM_SCHEDULE)(matched, cls, loc, 0.5)
-    ohem = OHEMSampler(300, mode="budget")(matched, cls + loc)
+    ours = SOHEMSampler(300, schedule=OHEM_SCHEDULE)(Candidates(matched, cls_loss=cls, box_loss=loc, progress=0.5))
+    ohem = OHEMSampler(300, mode="budget")(Candidates(matched, cls_loss=cls + loc))
     assert torch.equal(ours.pos_idx, ohem.pos_idx) and torch.equal(ours.neg_idx, ohem.neg_idx)
+    # OHEM ranking by cls_loss + box_loss itself is the same selection
+    multitask = OHEMSampler(300, mode="budget")(Candidates(matched, cls_loss=cls, box_loss=loc))
+    assert torch.equal(multitask.pos, ohem.pos) and torch.equal(multitask.neg, ohem.neg)
 
 
 def test_negatives_localisation_loss_is_ignored():
@@ -73,7 +87,7 @@ def test_negatives_localisation_loss_is_ignored():
     cls = torch.tensor([0.1, 0.2, 0.3])
     loc = torch.tensor([0.5, 9.0, 0.0])  # garbage for a negative: treated as 0
     loc_only = (Stage(1.0, (Stratum(0.0, 1.0, 1.0),)),)
-    assert SOHEMSampler(1, schedule=loc_only)(matched, cls, loc, 0.0).pos_idx.tolist() == [0]
+    assert SOHEMSampler(1, schedule=loc_only)(Candidates(matched, cls_loss=cls, box_loss=loc)).pos_idx.tolist() == [0]
 
 
 def test_linear_shift_schedule_moves_from_classification_to_localisation():
@@ -100,3 +114,17 @@ def test_rejects_bad_schedules_and_progress():
         SOHEMSampler(schedule=(Stage(1.0, (Stratum(0.0, 0.0, 1.0),)),))
     with pytest.raises(ValueError, match="progress"):
         SOHEMSampler(schedule=LINEAR_SHIFT_SCHEDULE).stage(1.5)
+    with pytest.raises(ValueError, match="progress"):
+        Candidates(torch.zeros(3, dtype=torch.int64), progress=1.5)
+    with pytest.raises(TypeError, match="progress"):
+        Candidates(torch.zeros(3, dtype=torch.int64), progress=torch.tensor(0.5))
+
+
+def test_needs_both_losses():
+    sampler = SOHEMSampler(schedule=LINEAR_SHIFT_SCHEDULE)
+    assert sampler.needs == {"cls_loss", "box_loss"}
+    matched, cls, loc = candidates(20, 0)
+    with pytest.raises(ValueError, match="SOHEMSampler needs .*box_loss"):
+        sampler(Candidates(matched, cls_loss=cls))
+    with pytest.raises(ValueError, match="SOHEMSampler needs .*box_loss, cls_loss"):
+        sampler.strata(Candidates(matched))

@@ -1,0 +1,287 @@
+"""What a training run does besides training: the hooks of ``balancedet.engine.train.train`` and
+the callbacks every run gets (progress bar, ``results.csv``/``results.png``, TensorBoard,
+checkpoints, the ``train.max_time`` limit).
+
+A callback overrides any of five hooks; each receives the run's ``TrainState``:
+
+- ``on_train_start``: once, after the model, the data and (on resume) the checkpoint are loaded;
+- ``on_step_end``: after every optimiser step (``state.step`` already counts it);
+- ``on_epoch_end``: after every epoch, and after the partial epoch of a run stopped early, with its
+  row appended to ``state.rows`` and, when the epoch was evaluated, ``state.report`` fresh;
+- ``on_train_end``: once, after the final evaluation (``state.report`` holds it);
+- ``teardown``: always last, even when training raised: release files and threads.
+
+Callbacks run in list order. One stops a run by setting ``state.stop`` to the reason: the loop
+ends after that step, evaluates, and ``on_epoch_end`` / ``on_train_end`` write the results as usual.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from balancedet.data import DetectionDataset
+from balancedet.engine.checkpoint import rng_state, save_atomic, set_rng_state
+from balancedet.engine.evaluate import per_class_table, summary_line, write_eval_artifacts, write_metrics_json
+from balancedet.engine.plots import plot_results
+
+
+@dataclass
+class TrainState:
+    """Everything a training run knows; the loop updates it, the callbacks read it.
+
+    Fixed for the run: ``config``, ``output`` (the run folder), ``device``, ``amp`` (autocast dtype
+    or None), ``model``, ``optimizer``, ``scaler``, ``train_set``, ``val_set``, ``steps_per_epoch``,
+    ``total_steps``, ``start_time`` (``time.perf_counter()`` when ``train`` was called).
+
+    Updated as it goes: ``step`` (optimiser steps done, over all runs of a resumed training),
+    ``epoch`` (0-based, the one in progress), ``lr`` and ``losses`` (of the last step, floats),
+    ``sums``/``sum_steps`` (loss sums over the steps since the last row, and their count),
+    ``rows`` (one per epoch: ``results.csv``), ``best_ap``, ``report``/``predictions`` (the latest
+    evaluation, at step ``report_step``), ``stop`` (why the run ends early, or None).
+    """
+
+    config: dict[str, Any]
+    output: Path
+    device: torch.device
+    amp: torch.dtype | None
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train_set: DetectionDataset
+    val_set: DetectionDataset
+    steps_per_epoch: int
+    total_steps: int
+    start_time: float
+    step: int = 0
+    epoch: int = 0
+    lr: float = 0.0
+    losses: dict[str, float] = field(default_factory=dict)
+    sums: dict[str, float] = field(default_factory=dict)
+    sum_steps: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    best_ap: float = -1.0
+    report: dict[str, Any] | None = None
+    predictions: list | None = None
+    report_step: int = -1
+    stop: str | None = None
+
+    @property
+    def evaluated(self) -> bool:
+        """Whether ``report`` is an evaluation of the current weights."""
+        return self.report is not None and self.report_step == self.step
+
+    def elapsed(self) -> float:
+        """Seconds since this process called ``train`` (dataset loading included)."""
+        return time.perf_counter() - self.start_time
+
+    def meta(self) -> dict[str, Any]:
+        """What ``eval`` and ``predict`` need to rebuild the model from a checkpoint."""
+        return {
+            "class_names": list(self.train_set.class_names),
+            "category_ids": list(self.train_set.category_ids),
+            "config": self.config,
+        }
+
+    def checkpoint(self) -> dict[str, Any]:
+        """``last.pt``: the weights plus everything a resumed run needs to continue exactly."""
+        return {
+            **self.meta(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "rows": self.rows,
+            "best_ap": self.best_ap,
+            "epoch_sums": self.sums,
+            "epoch_steps": self.sum_steps,
+            "rng": rng_state(),
+        }
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a ``checkpoint()``: the inverse of it, random states included."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step, self.rows, self.best_ap = ckpt["step"], ckpt["rows"], ckpt["best_ap"]
+        self.sums, self.sum_steps = dict(ckpt["epoch_sums"]), ckpt["epoch_steps"]
+        set_rng_state(ckpt["rng"])
+
+
+class Callback:
+    """A no-op for every hook; subclasses override those they need."""
+
+    def on_train_start(self, state: TrainState) -> None:
+        pass
+
+    def on_step_end(self, state: TrainState) -> None:
+        pass
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        pass
+
+    def on_train_end(self, state: TrainState) -> None:
+        pass
+
+    def teardown(self, state: TrainState) -> None:
+        pass
+
+
+def fire(callbacks: list[Callback], hook: str, state: TrainState) -> None:
+    for callback in callbacks:
+        getattr(callback, hook)(state)
+
+
+def default_callbacks(config: dict[str, Any], verbose: bool) -> list[Callback]:
+    """What every run does: TensorBoard, ``results.csv``, checkpoints, the time limit, the console."""
+    callbacks: list[Callback] = [TensorBoardWriter(), ResultsWriter(), CheckpointWriter()]
+    if config["train"]["max_time"] is not None:
+        callbacks.append(TimeLimit(config["train"]["max_time"]))
+    if verbose:
+        callbacks.append(ProgressBar())
+    return callbacks
+
+
+class TimeLimit(Callback):
+    """``train.max_time``: stop after the first step that ends past ``max_time`` seconds of wall time
+    since ``train`` was called (dataset loading included); the final evaluation and saving come on
+    top. The budget is this process's: a resumed run gets ``max_time`` again, from its own start."""
+
+    def __init__(self, max_time: float):
+        if isinstance(max_time, bool) or not isinstance(max_time, (int, float)) or not max_time > 0:
+            raise ValueError(f"train.max_time={max_time!r}: expected a positive number of seconds, or null")
+        self.max_time = float(max_time)
+
+    def on_step_end(self, state: TrainState) -> None:
+        elapsed = state.elapsed()
+        if state.stop is None and elapsed > self.max_time:
+            state.stop = f"train.max_time={self.max_time:g} s reached after step {state.step} ({elapsed:.1f} s)"
+
+
+class TensorBoardWriter(Callback):
+    """Event files in the run folder: ``train/<loss>`` and ``train/lr`` per step, ``val/<metric>``
+    per evaluation. A resumed run purges the events logged after its checkpoint."""
+
+    def __init__(self) -> None:
+        self.writer: SummaryWriter | None = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.writer = SummaryWriter(str(state.output), purge_step=state.step or None)
+
+    def on_step_end(self, state: TrainState) -> None:
+        for key, value in state.losses.items():
+            self.writer.add_scalar(f"train/{key}", value, state.step)
+        self.writer.add_scalar("train/lr", state.lr, state.step)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if state.evaluated:
+            for key, value in state.report["metrics"].items():
+                self.writer.add_scalar(f"val/{key}", value, state.step)
+
+    def teardown(self, state: TrainState) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class ResultsWriter(Callback):
+    """``results.csv`` and ``results.png`` after every row; at the end the final evaluation's
+    ``metrics.json``, ``PR_curve.png``, ``confusion_matrix.png`` and ``val_batch*_pred.jpg``."""
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        write_results_csv(state.rows, state.output / "results.csv")
+        plot_results(state.rows, state.output / "results.png")
+
+    def on_train_end(self, state: TrainState) -> None:
+        num_images = state.config["train"]["num_plot_images"]
+        write_eval_artifacts(state.report, state.predictions, state.val_set, state.output, num_images)
+        write_metrics_json(state.report["metrics"], state.output / "metrics.json")
+
+
+def write_results_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """One row per epoch; columns are the union over rows (evaluation may skip epochs)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as handle:
+        out = csv.DictWriter(handle, fieldnames=columns)
+        out.writeheader()
+        for row in rows:
+            out.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    tmp.replace(path)
+
+
+class CheckpointWriter(Callback):
+    """``weights/last.pt`` every ``train.checkpoint_interval`` steps, at every epoch's end and at the
+    end; ``weights/best.pt`` (weights and metrics only) on a new best AP. Both written atomically."""
+
+    def __init__(self) -> None:
+        self.saved_step = -1
+
+    def on_step_end(self, state: TrainState) -> None:
+        # an epoch's last step is saved by on_epoch_end, after its row and evaluation
+        if state.step % state.config["train"]["checkpoint_interval"] == 0 and state.step % state.steps_per_epoch:
+            self.save_last(state)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        self.save_best(state)
+        self.save_last(state)
+
+    def on_train_end(self, state: TrainState) -> None:
+        if self.save_best(state) or self.saved_step != state.step:
+            self.save_last(state)
+
+    def save_last(self, state: TrainState) -> None:
+        save_atomic(state.checkpoint(), state.output / "weights" / "last.pt")
+        self.saved_step = state.step
+
+    def save_best(self, state: TrainState) -> bool:
+        """Write ``best.pt`` if the current weights' evaluation beats ``state.best_ap``."""
+        ap = state.report["metrics"]["AP"] if state.evaluated else float("nan")
+        if not ap > state.best_ap:  # NaN (no evaluation, no ground truth) never counts as better
+            return False
+        state.best_ap = ap
+        best = {**state.meta(), "model": state.model.state_dict(), "metrics": state.report["metrics"]}
+        save_atomic(best, state.output / "weights" / "best.pt")
+        return True
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over the steps (epoch, losses, lr), a line per evaluation, and the final summary:
+    why the run stopped early, the per-class AP table, the final metrics."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.bar = tqdm(total=state.total_steps, initial=state.step, dynamic_ncols=True, unit="it")
+
+    def on_step_end(self, state: TrainState) -> None:
+        epochs = state.config["train"]["epochs"]
+        losses = {k: f"{v:.3f}" for k, v in state.losses.items()}
+        self.bar.set_postfix({"epoch": f"{state.epoch + 1}/{epochs}", **losses, "lr": f"{state.lr:.2g}"})
+        self.bar.update(1)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if state.evaluated:
+            metrics = ", ".join(f"{k} {state.report['metrics'][k]:.3f}" for k in ("AP", "AP50", "AP75"))
+            self.bar.write(f"epoch {state.rows[-1]['epoch']}: {metrics}")
+
+    def on_train_end(self, state: TrainState) -> None:
+        self.bar.close()
+        if state.stop is not None:
+            print(f"stopped early: {state.stop}")
+        print(per_class_table(state.report, state.train_set.class_names))
+        print(f"final: {summary_line(state.report['metrics'])} ({state.elapsed():.0f} s this run)")
+        print(f"results in {state.output}")
+
+    def teardown(self, state: TrainState) -> None:
+        if self.bar is not None:
+            self.bar.close()

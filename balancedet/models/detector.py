@@ -1,0 +1,175 @@
+"""The one skeleton of every balancedet detector, in the spirit of torchvision's ``GeneralizedRCNN``
+and DETR's model / ``SetCriterion`` split.
+
+``DenseDetector(backbone, neck, head, prior_generator, coding, criterion, postprocess)``:
+
+    images -> batch_images -> backbone -> neck (FPN [+ BFP]) -> head -> per-level (cls, reg)
+    training: criterion(cls, reg, priors, targets) -> {"loss_*": 0-dim tensors}
+    eval:     postprocess(coding.decode(reg, priors), sigmoid(cls), image_sizes) -> [{"boxes", "scores", "labels"}]
+
+The network predicts; the criterion (target assignment, sampling, loss weighting, normalisation)
+turns predictions and targets into losses and holds no learnable parameters, only the loss modules'
+running state (GHM histograms, the positive-count EMA). RetinaNet and GFL are assemblies of these
+parts (``balancedet.models.retinanet``, ``balancedet.models.gfl``); every part is a constructor
+argument, so a remedy is swapped by passing another part, never by copying a detector.
+
+Protocols a part follows (no detector asks ``isinstance`` of a part):
+
+- a loss is ``loss(pred, target, weight=None, avg_factor=None)``; a loss with ``self_normalizing =
+  True`` (GHM-C/R) is given no ``avg_factor``; a box loss with ``needs_decoded_boxes = True``
+  (IoU, GIoU) gets decoded boxes instead of regression targets; a classification loss with
+  ``needs_quality_targets = True`` (QFL) gets ``(labels, scores)``;
+- a sampler is ``sampler(Candidates) -> Sample`` and lists in ``needs`` the fields it reads;
+- a coding (``balancedet.models.priors``) has ``decode(reg, priors)`` and ``encode(boxes, priors)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from balancedet.models.batching import batch_images
+from balancedet.models.postprocess import detections_from_levels
+from balancedet.models.priors import PriorGenerator, Priors
+
+__all__ = ["DenseDetector", "DensePostProcess", "call_loss", "check_num_classes"]
+
+
+def check_num_classes(num_classes: object, where: str) -> int:
+    """``num_classes`` as an int >= 1 (background never counted), else ``ValueError`` naming ``where``."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"{where}: num_classes must be a positive int (background not counted), got {num_classes!r}")
+    return num_classes
+
+
+def call_loss(
+    loss: Callable[..., Tensor], pred: Tensor, target, weight: Tensor | None, avg_factor: Tensor | None
+) -> Tensor:
+    """``loss(pred, target, weight=weight, avg_factor=...)``, without ``avg_factor`` for a self-normalising loss."""
+    if getattr(loss, "self_normalizing", False):
+        avg_factor = None
+    return loss(pred, target, weight=weight, avg_factor=avg_factor)
+
+
+class DensePostProcess(nn.Module):
+    """Dense-detector inference (focal paper, sec. 4, "Inference"; GFL uses the same procedure).
+
+    Per level the ``topk_candidates`` best (anchor, class) candidates above ``score_thresh``; then
+    class-wise NMS at ``nms_iou`` and the ``max_detections`` best per image
+    (``balancedet.models.postprocess.detections_from_levels``). ``forward(boxes, scores, image_sizes)``
+    takes per-level decoded ``(B, A_l, 4)`` boxes and ``(B, A_l, K)`` probabilities.
+    """
+
+    def __init__(
+        self,
+        score_thresh: float = 0.05,
+        topk_candidates: int = 1000,
+        nms_iou: float = 0.5,
+        max_detections: int = 100,
+    ):
+        super().__init__()
+        if not 0 <= score_thresh < 1 or not 0 < nms_iou <= 1 or topk_candidates < 1 or max_detections < 1:
+            raise ValueError(
+                "DensePostProcess: need score_thresh in [0, 1), nms_iou in (0, 1], topk_candidates and "
+                f"max_detections >= 1; got {score_thresh}, {nms_iou}, {topk_candidates}, {max_detections}"
+            )
+        self.score_thresh, self.topk_candidates = score_thresh, topk_candidates
+        self.nms_iou, self.max_detections = nms_iou, max_detections
+
+    @torch.no_grad()
+    def forward(
+        self, boxes: list[Tensor], scores: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        return detections_from_levels(
+            boxes, scores, image_sizes, self.score_thresh, self.topk_candidates, self.nms_iou, self.max_detections
+        )
+
+
+class DenseDetector(nn.Module):
+    """A dense detector made of parts; ``model(images, targets=None)`` as torchvision's detectors.
+
+    Args:
+        backbone: ``images (B, 3, H, W) -> [maps]`` (e.g. ``ResNetBackbone``).
+        neck: ``[maps] -> [levels]`` with ``out_channels`` and ``strides`` (e.g. ``FeaturePyramid``).
+        head: ``[levels] -> (cls, reg)`` per-level lists of ``(B, A_l, K)`` and ``(B, A_l, R)``, with
+            ``num_classes``, ``num_anchors`` (priors per location) and ``reg_width`` (``R``) attributes.
+        prior_generator: ``(feature_sizes, device) -> Priors`` (``PriorGenerator``).
+        coding: ``decode(reg, priors) -> boxes`` (``DeltaCoding``, ``DistributionCoding``), shared with the
+            criterion, so that training and inference decode alike.
+        criterion: ``(cls (B, A, K), reg (B, A, R), priors, targets) -> {"loss_*": Tensor}``; its
+            ``progress`` attribute (training progress in [0, 1], set by ``set_progress``) is read by
+            samplers with a schedule (S-OHEM).
+        postprocess: ``(boxes, scores, image_sizes) -> detections`` on per-level decoded boxes and
+            sigmoid scores (``DensePostProcess``).
+        num_classes: ``K`` (background never counted).
+        size_divisible: a list of images is zero-padded to a multiple of it (32: C5's stride).
+
+    Training: ``images`` a normalised ``(B, 3, H, W)`` tensor or a list of ``(3, H_i, W_i)`` tensors,
+    ``targets[i] = {"boxes": (G_i, 4) xyxy pixels, "labels": (G_i,) int64 in [0, K)}`` (``G_i = 0`` is
+    legal) -> the criterion's loss dict. Eval: one ``{"boxes", "scores", "labels"}`` per image, in the
+    input image's coordinates.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        neck: nn.Module,
+        head: nn.Module,
+        prior_generator: PriorGenerator,
+        coding,
+        criterion: nn.Module,
+        postprocess: nn.Module,
+        num_classes: int,
+        size_divisible: int = 32,
+    ):
+        super().__init__()
+        name = type(self).__name__
+        check_num_classes(num_classes, name)
+        if prior_generator.num_levels != len(neck.strides):
+            raise ValueError(f"{name}: {prior_generator.num_levels} prior levels for the neck's {len(neck.strides)}")
+        expected = (num_classes, prior_generator.num_anchors_per_location, coding.reg_width)
+        got = tuple(getattr(head, a, None) for a in ("num_classes", "num_anchors", "reg_width"))
+        if got != expected:
+            raise ValueError(f"{name}: the head has (num_classes, num_anchors, reg_width) {got}, expected {expected}")
+        self.backbone, self.neck, self.head = backbone, neck, head
+        self.prior_generator, self.coding = prior_generator, coding
+        self.criterion, self.postprocess = criterion, postprocess
+        self.num_classes, self.size_divisible = num_classes, size_divisible
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        """The pyramid levels of a padded ``(B, 3, H, W)`` batch."""
+        return self.neck(self.backbone(images))
+
+    def set_progress(self, fraction: float) -> None:
+        """Tell the criterion how far training has gone (``step / total``), for scheduled samplers."""
+        self.criterion.progress = min(max(float(fraction), 0.0), 1.0)
+
+    def forward(
+        self, images: Tensor | Sequence[Tensor], targets: Sequence[dict[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        name = type(self).__name__
+        batch, image_sizes = batch_images(images if isinstance(images, Tensor) else list(images), self.size_divisible)
+        if self.training and (targets is None or len(targets) != batch.shape[0]):
+            got = None if targets is None else len(targets)
+            raise ValueError(f"{name}: training needs one target per image ({batch.shape[0]}), got {got}")
+        levels = self.features(batch)
+        if len(levels) != self.prior_generator.num_levels:
+            raise ValueError(f"{name}: {len(levels)} pyramid levels for {self.prior_generator.num_levels} prior levels")
+        cls_levels, reg_levels = self.head(levels)
+        priors = self.prior_generator([f.shape[-2:] for f in levels], batch.device)
+        if self.training:
+            return self.criterion(torch.cat(cls_levels, 1), torch.cat(reg_levels, 1), priors, list(targets))
+        return self.predict(cls_levels, reg_levels, priors, image_sizes)
+
+    @torch.no_grad()
+    def predict(
+        self, cls_levels: list[Tensor], reg_levels: list[Tensor], priors: Priors, image_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        """Detections from the head's per-level outputs: decode, sigmoid, then ``postprocess``."""
+        boxes = [
+            self.coding.decode(r, Priors(a, s, (a.shape[0],)))
+            for r, a, s in zip(reg_levels, priors.split(priors.anchors), priors.split(priors.strides), strict=True)
+        ]
+        return self.postprocess(boxes, [c.float().sigmoid() for c in cls_levels], image_sizes)
