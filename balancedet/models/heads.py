@@ -116,11 +116,8 @@ class DenseHead(nn.Module):
     def forward(self, levels: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         if self.scales and len(levels) != len(self.scales):
             raise ValueError(f"DenseHead: {len(levels)} levels for {len(self.scales)} per-level scales")
-        cls, reg = [], []
-        for i, x in enumerate(levels):
-            r = self.reg_output(self.reg_tower(x))
-            if self.scales:
-                r = self.scales[i](r)
-            cls.append(flatten_level(self.cls_logits(self.cls_tower(x)), self.num_classes))
-            reg.append(flatten_level(r, self.reg_width))
-        return cls, reg
+        cls = [flatten_level(self.cls_logits(self.cls_tower(x)), self.num_classes) for x in levels]
+        reg = [self.reg_output(self.reg_tower(x)) for x in levels]
+        if self.scales:
+            reg = [scale(r) for scale, r in zip(self.scales, reg, strict=True)]
+        return cls, [flatten_level(r, self.reg_width) for r in reg]
