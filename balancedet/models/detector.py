@@ -34,7 +34,7 @@ from balancedet.models.batching import batch_images
 from balancedet.models.postprocess import detections_from_levels
 from balancedet.models.priors import PriorGenerator, Priors
 
-__all__ = ["DenseDetector", "DensePostProcess", "call_loss", "check_num_classes"]
+__all__ = ["DenseCriterion", "DenseDetector", "DensePostProcess", "call_loss", "check_num_classes"]
 
 
 def check_num_classes(num_classes: object, where: str) -> int:
@@ -51,6 +51,20 @@ def call_loss(
     if getattr(loss, "self_normalizing", False):
         avg_factor = None
     return loss(pred, target, weight=weight, avg_factor=avg_factor)
+
+
+class DenseCriterion(nn.Module):
+    """What ``DenseDetector`` calls in training: ``forward(cls (B, A, K), reg (B, A, R), priors, targets)
+    -> {"loss_*": Tensor}`` on the concatenated levels, ``targets[i] = {"boxes", "labels"}``.
+
+    ``progress`` (training progress in [0, 1], set through ``DenseDetector.set_progress``) is read by
+    samplers with a schedule (S-OHEM's stages).
+    """
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.progress = 0.0
 
 
 class DensePostProcess(nn.Module):
@@ -101,9 +115,9 @@ class DenseDetector(nn.Module):
         criterion: ``(cls (B, A, K), reg (B, A, R), priors, targets) -> {"loss_*": Tensor}``; its
             ``progress`` attribute (training progress in [0, 1], set by ``set_progress``) is read by
             samplers with a schedule (S-OHEM).
-        postprocess: ``(boxes, scores, image_sizes) -> detections`` on per-level decoded boxes and
-            sigmoid scores (``DensePostProcess``).
         num_classes: ``K`` (background never counted).
+        postprocess: ``(boxes, scores, image_sizes) -> detections`` on per-level decoded boxes and
+            sigmoid scores; default ``DensePostProcess()``.
         size_divisible: a list of images is zero-padded to a multiple of it (32: C5's stride).
 
     Training: ``images`` a normalised ``(B, 3, H, W)`` tensor or a list of ``(3, H_i, W_i)`` tensors,
@@ -120,8 +134,8 @@ class DenseDetector(nn.Module):
         prior_generator: PriorGenerator,
         coding,
         criterion: nn.Module,
-        postprocess: nn.Module,
         num_classes: int,
+        postprocess: nn.Module | None = None,
         size_divisible: int = 32,
     ):
         super().__init__()
@@ -135,7 +149,8 @@ class DenseDetector(nn.Module):
             raise ValueError(f"{name}: the head has (num_classes, num_anchors, reg_width) {got}, expected {expected}")
         self.backbone, self.neck, self.head = backbone, neck, head
         self.prior_generator, self.coding = prior_generator, coding
-        self.criterion, self.postprocess = criterion, postprocess
+        self.criterion = criterion
+        self.postprocess = postprocess if postprocess is not None else DensePostProcess()
         self.num_classes, self.size_divisible = num_classes, size_divisible
 
     def features(self, images: Tensor) -> list[Tensor]:

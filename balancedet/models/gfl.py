@@ -29,7 +29,7 @@ from balancedet.boxes.anchors import FPN_STRIDES
 from balancedet.losses.gfl import DistributionFocalLoss, QualityFocalLoss
 from balancedet.losses.iou import GIoULoss
 from balancedet.models.batching import pad_targets
-from balancedet.models.detector import DenseDetector, DensePostProcess, call_loss, check_num_classes
+from balancedet.models.detector import DenseCriterion, DenseDetector, DensePostProcess, call_loss, check_num_classes
 from balancedet.models.heads import DenseHead
 from balancedet.models.normalizer import PositiveNormalizer
 from balancedet.models.priors import DistributionCoding, PriorGenerator, Priors
@@ -38,7 +38,7 @@ from balancedet.models.pyramid import build_pyramid
 __all__ = ["GFL", "GFLCriterion"]
 
 
-class GFLCriterion(nn.Module):
+class GFLCriterion(DenseCriterion):
     """The GFL training losses of a batch (arXiv 2006.04388, sec. 3, "Training Dense Detectors with GFL").
 
     Computed for all images at once, after one ATSS call:
@@ -73,8 +73,7 @@ class GFLCriterion(nn.Module):
         assigner: Callable[..., object] | None = None,
         normalizer: PositiveNormalizer | None = None,
     ):
-        super().__init__()
-        self.num_classes = num_classes
+        super().__init__(num_classes)
         self.coding = coding if coding is not None else DistributionCoding()
         self.cls_loss = cls_loss if cls_loss is not None else QualityFocalLoss(beta=2.0)
         self.box_loss = box_loss if box_loss is not None else GIoULoss(loss_weight=2.0)
@@ -86,7 +85,6 @@ class GFLCriterion(nn.Module):
         self.assigner = assigner if assigner is not None else ATSSAssigner(topk=9)
         self.normalizer = normalizer if normalizer is not None else PositiveNormalizer()
         self.box_weight_normalizer = PositiveNormalizer()
-        self.progress = 0.0
 
     def forward(
         self, cls_logits: Tensor, reg: Tensor, priors: Priors, targets: Sequence[dict[str, Tensor]]
@@ -176,5 +174,6 @@ class GFL(DenseDetector):
         if head is None:
             head = DenseHead(neck.out_channels, num_classes, 1, coding.reg_width, norm="gn", num_scales=len(strides))
         criterion = GFLCriterion(num_classes, coding, cls_loss, box_loss, dfl_weight, assigner, normalizer)
-        postprocess = postprocess if postprocess is not None else DensePostProcess(nms_iou=0.6)
-        super().__init__(backbone, neck, head, priors, coding, criterion, postprocess, num_classes, size_divisible)
+        if postprocess is None:
+            postprocess = DensePostProcess(nms_iou=0.6)
+        super().__init__(backbone, neck, head, priors, coding, criterion, num_classes, postprocess, size_divisible)

@@ -25,7 +25,7 @@ from balancedet.losses.cross_entropy import binary_cross_entropy
 from balancedet.losses.focal import FocalLoss
 from balancedet.losses.smooth_l1 import SmoothL1Loss, smooth_l1_loss
 from balancedet.models.batching import pad_targets
-from balancedet.models.detector import DenseDetector, DensePostProcess, call_loss, check_num_classes
+from balancedet.models.detector import DenseCriterion, DenseDetector, DensePostProcess, call_loss, check_num_classes
 from balancedet.models.heads import DenseHead
 from balancedet.models.normalizer import PositiveNormalizer
 from balancedet.models.priors import DeltaCoding, PriorGenerator, Priors
@@ -39,7 +39,7 @@ __all__ = ["RetinaNet", "RetinaNetCriterion", "SMOOTH_L1_BETA"]
 SMOOTH_L1_BETA = 0.11
 
 
-class RetinaNetCriterion(nn.Module):
+class RetinaNetCriterion(DenseCriterion):
     """Assignment, optional sampling, and the two losses of an anchor-based dense head.
 
     Args:
@@ -74,15 +74,13 @@ class RetinaNetCriterion(nn.Module):
         sampler: Callable[[Candidates], object] | None = None,
         normalizer: PositiveNormalizer | None = None,
     ):
-        super().__init__()
-        self.num_classes = num_classes
+        super().__init__(num_classes)
         self.coding = coding if coding is not None else DeltaCoding()
         self.cls_loss = cls_loss if cls_loss is not None else FocalLoss(alpha=0.25, gamma=2.0)
         self.box_loss = box_loss if box_loss is not None else SmoothL1Loss(beta=SMOOTH_L1_BETA)
         self.assigner = assigner if assigner is not None else MaxIoUAssigner()
         self.sampler = sampler
         self.normalizer = normalizer if normalizer is not None else PositiveNormalizer()
-        self.progress = 0.0
 
     def forward(
         self, cls_logits: Tensor, reg: Tensor, priors: Priors, targets: Sequence[dict[str, Tensor]]
@@ -196,5 +194,4 @@ class RetinaNet(DenseDetector):
             head = DenseHead(neck.out_channels, num_classes, priors.num_anchors_per_location, 4)
         coding = DeltaCoding(box_coder)
         criterion = RetinaNetCriterion(num_classes, coding, cls_loss, box_loss, assigner, sampler, normalizer)
-        postprocess = postprocess if postprocess is not None else DensePostProcess()
-        super().__init__(backbone, neck, head, priors, coding, criterion, postprocess, num_classes, size_divisible)
+        super().__init__(backbone, neck, head, priors, coding, criterion, num_classes, postprocess, size_divisible)
