@@ -25,6 +25,29 @@ from typing import Any
 import torch
 
 _MODES = ("auto", "always", "never")
+
+
+def isolate_inductor_cache() -> str | None:
+    """Give Inductor's on-disk cache one folder per CPU capability, unless the user chose a folder.
+
+    The cache key ignores ``ATEN_CPU_CAPABILITY``: kernels compiled in a process started with
+    ``ATEN_CPU_CAPABILITY=avx2`` (the way to approximate an AVX2-only host on an AVX-512 one) and then
+    loaded by a process with the default capability crashed the GFL training step (segfault or
+    ``malloc_consolidate(): invalid chunk size``, torch 2.14.1 on an AVX-512 AMD EPYC); with one folder
+    per capability each process only reads kernels compiled under its own. Returns the folder, or None
+    when ``TORCHINDUCTOR_CACHE_DIR`` was set by the user.
+    """
+    if "TORCHINDUCTOR_CACHE_DIR" in os.environ:
+        return None
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    capability = torch.backends.cpu.get_cpu_capability().lower()
+    folder = os.path.join(default_cache_dir(), f"cpu-{capability}")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    return folder
+
+
+isolate_inductor_cache()
 _mode = os.environ.get("BALANCEDET_COMPILE", "auto")
 if _mode not in _MODES:
     raise ValueError(f"BALANCEDET_COMPILE must be one of {_MODES}, got {_mode!r}")

@@ -69,3 +69,25 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
 def test_set_compile_rejects_unknown_mode():
     with pytest.raises(ValueError, match="compile mode"):
         backend.set_compile("sometimes")
+
+
+def test_inductor_cache_is_keyed_by_cpu_capability(tmp_path):
+    """Kernels compiled under ATEN_CPU_CAPABILITY=avx2 crashed a default-capability process that
+    loaded them from the shared cache: each capability gets its own folder (balancedet.losses.backend)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, balancedet.losses.backend; print(os.environ['TORCHINDUCTOR_CACHE_DIR'])"
+    folders = {}
+    for capability in ("avx2", "default"):
+        env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "ATEN_CPU_CAPABILITY")}
+        if capability != "default":
+            env["ATEN_CPU_CAPABILITY"] = capability
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        folders[capability] = out.stdout.strip()
+    assert folders["avx2"].endswith("cpu-avx2")
+    assert folders["avx2"] != folders["default"]
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(tmp_path)  # the user's choice wins
