@@ -192,15 +192,17 @@ class TensorBoardWriter(Callback):
 
 class ResultsWriter(Callback):
     """``results.csv`` and ``results.png`` after every row; at the end the final evaluation's
-    ``metrics.json``, ``PR_curve.png``, ``confusion_matrix.png`` and ``val_batch*_pred.jpg``."""
+    ``metrics.json``, ``PR_curve.png``, ``confusion_matrix.png``, ``val_batch*_labels.jpg`` and
+    ``val_batch*_pred.jpg``."""
 
     def on_epoch_end(self, state: TrainState) -> None:
         write_results_csv(state.rows, state.output / "results.csv")
         plot_results(state.rows, state.output / "results.png")
 
     def on_train_end(self, state: TrainState) -> None:
-        num_images = state.config["train"]["num_plot_images"]
-        write_eval_artifacts(state.report, state.predictions, state.val_set, state.output, num_images)
+        train = state.config["train"]
+        batches = train.get("num_plot_batches", 3)  # a last.pt written before the key (resumed) lacks it
+        write_eval_artifacts(state.report, state.predictions, state.val_set, state.output, batches, train["batch_size"])
         write_metrics_json(state.report["metrics"], state.output / "metrics.json")
 
 

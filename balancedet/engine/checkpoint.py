@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +40,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a kill mid-write
-    leaves the previous checkpoint intact, never a truncated one."""
+    leaves the previous checkpoint intact, never a truncated one.
+
+    The temporary file is created with mode ``0o666`` and the kernel applies the umask (and the
+    folder's default ACL), so the weights get the permissions of any other file the user writes,
+    ``0o666 & ~umask``. ``tempfile.mkstemp`` would give ``0o600``, unreadable by the user's group;
+    reading the umask to ``chmod`` afterwards needs ``os.umask`` to set it, a race with other threads.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
@@ -51,8 +57,21 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new hidden file ``.<name>.<random>.tmp`` beside ``path``, opened for writing, mode
+    ``0o666`` before the umask. ``O_EXCL`` makes it ours alone, as ``mkstemp`` does."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

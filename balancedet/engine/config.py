@@ -58,7 +58,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "eval_interval": 1,
         "checkpoint_interval": 200,
         "max_time": None,  # seconds of this process's wall time, then stop after the step, evaluate, save
-        "num_plot_images": 3,
+        "num_plot_batches": 3,  # val_batch{0,1,2}_{labels,pred}.jpg, as ultralytics
     },
 }
 

@@ -26,7 +26,7 @@ from torchvision.ops import box_iou
 from balancedet.data import DetectionDataset, boxes_to_original
 from balancedet.engine.checkpoint import load_model
 from balancedet.engine.data import eval_loader, load_split
-from balancedet.engine.plots import draw_predictions, plot_confusion, plot_pr_curves
+from balancedet.engine.plots import plot_confusion, plot_image_grid, plot_pr_curves
 from balancedet.engine.runtime import amp_dtype, increment_dir, resolve_device
 
 #: ``metrics.json`` keys, in faster-coco-eval's ``stats`` order (indices 0-5 and 8).
@@ -204,17 +204,56 @@ def write_pr_curve(report: dict[str, Any], class_names: Sequence[str], path: Pat
 
 
 def write_eval_artifacts(
-    report: dict[str, Any], predictions: list, dataset: DetectionDataset, output: Path, num_images: int
+    report: dict[str, Any],
+    predictions: list,
+    dataset: DetectionDataset,
+    output: Path,
+    num_batches: int,
+    batch_size: int = 16,
 ) -> None:
-    """``PR_curve.png``, ``confusion_matrix.png`` and the first ``num_images`` ``val_batch*_pred.jpg``."""
+    """``PR_curve.png``, ``confusion_matrix.png`` and, for the first ``num_batches`` validation
+    batches, ultralytics' ``val_batch{i}_labels.jpg`` (ground truth) and ``val_batch{i}_pred.jpg``
+    (detections of score >= ``GRID_SCORE_THRESH``).
+
+    A batch is ``batch_size`` consecutive images of ``predictions`` (the dataset's order), at most 16,
+    the most a 4x4 mosaic shows. Both are drawn on the original images: predictions are in original
+    pixels already, and the ground truth is the records' boxes (ignore regions, crowd or difficult,
+    left out, as in training).
+    """
     write_pr_curve(report, dataset.class_names, output / "PR_curve.png")
     matrix = confusion_matrix(predictions, len(dataset.class_names))
     plot_confusion(matrix, dataset.class_names, output / "confusion_matrix.png")
     by_id = {r.image_id: r for r in dataset.records}
-    for i, (target, det) in enumerate(predictions[:num_images]):
-        with Image.open(by_id[int(target["image_id"])].file) as image:
-            drawn = draw_predictions(image, det, dataset.class_names)
-        drawn.save(output / f"val_batch{i}_pred.jpg", quality=90)
+    per_grid = max(1, min(batch_size, 16))
+    for i in range(num_batches):
+        batch = predictions[i * per_grid : (i + 1) * per_grid]
+        if not batch:
+            break
+        records = [by_id[int(target["image_id"])] for target, _ in batch]
+        images = []
+        for record in records:
+            with Image.open(record.file) as image:
+                images.append(image.convert("RGB"))
+        kept = [~r.ignore for r in records]
+        titles = [Path(r.file).name for r in records]
+        plot_image_grid(
+            images,
+            [r.boxes[k] for r, k in zip(records, kept, strict=True)],
+            [r.labels[k] for r, k in zip(records, kept, strict=True)],
+            None,
+            dataset.class_names,
+            output / f"val_batch{i}_labels.jpg",
+            titles=titles,
+        )
+        plot_image_grid(
+            images,
+            [det["boxes"] for _, det in batch],
+            [det["labels"] for _, det in batch],
+            [det["scores"] for _, det in batch],
+            dataset.class_names,
+            output / f"val_batch{i}_pred.jpg",
+            titles=titles,
+        )
 
 
 def evaluate_checkpoint(

@@ -1,7 +1,9 @@
-"""The pictures of a run: loss and metric curves, PR curves, confusion matrix, drawn predictions."""
+"""The pictures of a run: loss and metric curves, PR curves, confusion matrix, drawn predictions,
+and the ultralytics-style mosaics of validation images with their labels or predictions."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ matplotlib.use("Agg")  # files only: training machines have no screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from torchvision.utils import draw_bounding_boxes  # noqa: E402
 
 
@@ -137,3 +139,122 @@ def draw_predictions(
     if len(boxes):
         tensor = draw_bounding_boxes(tensor, boxes, labels=labels, colors=colors, width=2)
     return Image.fromarray(tensor.permute(1, 2, 0).numpy())
+
+
+#: ultralytics' 20 class colours, so that a class has the same colour as in an ultralytics run.
+GRID_PALETTE = (
+    (255, 56, 56), (255, 157, 151), (255, 112, 31), (255, 178, 29), (207, 210, 49),
+    (72, 249, 10), (146, 204, 23), (61, 219, 134), (26, 147, 52), (0, 212, 187),
+    (44, 153, 168), (0, 194, 255), (52, 69, 147), (100, 115, 255), (0, 24, 236),
+    (132, 56, 255), (82, 0, 133), (203, 56, 255), (255, 149, 200), (255, 55, 199),
+)  # fmt: skip
+
+#: Score below which a prediction is not drawn: ultralytics' ``plot_images`` threshold, and that of
+#: ``confusion_matrix``, so the grid shows the detections the confusion matrix counts.
+GRID_SCORE_THRESH = 0.25
+
+
+def grid_layout(num_images: int, max_images: int = 16) -> tuple[int, int]:
+    """``(rows, columns)`` of a mosaic of ``num_images`` (at most ``max_images``): as square as
+    possible, 4x4 for 16, without empty rows (5 images: 2 rows of 3)."""
+    n = max(1, min(num_images, max_images))
+    cols = math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols
+
+
+def grid_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at ``size`` pixels (a scalable font since Pillow 10.1); older Pillow
+    only has its 11-pixel bitmap font."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: no size argument
+        return ImageFont.load_default()
+
+
+def plot_image_grid(
+    images: Sequence[Image.Image],
+    boxes_per_image: Sequence[np.ndarray | torch.Tensor],
+    labels_per_image: Sequence[np.ndarray | torch.Tensor],
+    scores_per_image: Sequence[np.ndarray | torch.Tensor] | None,
+    class_names: Sequence[str],
+    path: Path | None = None,
+    *,
+    titles: Sequence[str] | None = None,
+    score_thresh: float = GRID_SCORE_THRESH,
+    max_images: int = 16,
+    min_tile: int = 320,
+    max_size: int = 1920,
+) -> Image.Image | None:
+    """A mosaic of up to ``max_images`` images with their boxes, as ultralytics' ``val_batch*_labels.jpg``
+    (``scores_per_image=None``: ground truth, labelled with the class name) and ``val_batch*_pred.jpg``
+    (labelled ``name score``, only scores >= ``score_thresh``, the best drawn last, on top).
+
+    Every image sits in a square tile, top left, scaled to fill it: tiles are ``min_tile`` pixels at
+    least, so that a 128-pixel image (the digits scenes) is scaled UP and its labels can be read, and
+    larger images keep their size until the mosaic would pass ``max_size``. Boxes (``xyxy`` in the
+    image's own pixels) are drawn after the scaling, so lines and text have the same size in every
+    tile; upscaling is nearest-neighbour, showing the image's real pixels.
+
+    Returns the mosaic (also saved to ``path`` when given), or ``None`` without images.
+    """
+    n = min(len(images), max_images)
+    if n == 0:
+        return None
+    rows, cols = grid_layout(n, max_images)
+    longest = max(max(im.size) for im in images[:n])
+    tile = max(min_tile, min(longest, max_size // cols))
+    font_size = max(12, min(32, round(tile / 20)))
+    font = grid_font(font_size)
+    line = max(2, round(tile / 160))
+    mosaic = Image.new("RGB", (cols * tile, rows * tile), (255, 255, 255))
+    draw = ImageDraw.Draw(mosaic)
+    for i in range(n):
+        image = images[i].convert("RGB")
+        scale = tile / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        resample = Image.NEAREST if scale >= 1 else Image.BILINEAR  # Pillow 9.0 has no Image.Resampling
+        x0, y0 = (i % cols) * tile, (i // cols) * tile
+        cell = (x0, y0, x0 + tile, y0 + tile)
+        mosaic.paste(image.resize(size, resample), (x0, y0))
+        boxes = np.asarray(boxes_per_image[i], dtype=np.float64).reshape(-1, 4)
+        labels = np.asarray(labels_per_image[i]).reshape(-1).astype(np.int64)
+        if len(labels) != len(boxes):
+            raise ValueError(f"image {i}: {len(boxes)} boxes but {len(labels)} labels")
+        if scores_per_image is None:
+            order = np.arange(len(boxes))
+            texts = [class_names[int(c)] for c in labels]
+        else:
+            scores = np.asarray(scores_per_image[i], dtype=np.float64).reshape(-1)
+            order = [j for j in np.argsort(scores, kind="stable") if scores[j] >= score_thresh]
+            texts = [f"{class_names[int(c)]} {s:.2f}" for c, s in zip(labels, scores, strict=True)]
+        for j in order:
+            color = GRID_PALETTE[int(labels[j]) % len(GRID_PALETTE)]
+            x1, y1, x2, y2 = (float(v) * scale for v in boxes[j])
+            box = (x0 + x1, y0 + y1, x0 + max(x2, x1 + 1), y0 + max(y2, y1 + 1))
+            draw.rectangle(box, outline=color, width=line)
+            _draw_label(draw, texts[j], box, color, font, cell)
+        if titles is not None:  # the file name, bottom left, to find the image
+            _draw_label(draw, titles[i][:40], (x0, y0 + tile - line, x0, y0 + tile), (0, 0, 0), font, cell)
+        draw.rectangle((x0, y0, x0 + tile - 1, y0 + tile - 1), outline=(255, 255, 255), width=line)
+    if path is not None:
+        mosaic.save(path, quality=95)
+    return mosaic
+
+
+def _draw_label(
+    draw: ImageDraw.ImageDraw,
+    text: str,
+    box: tuple[float, float, float, float],
+    color: tuple[int, int, int],
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    tile: tuple[int, int, int, int],
+) -> None:
+    """``text`` on a band of the box's colour above its top-left corner (inside the box when the
+    tile has no room above), kept inside the tile; black text on light colours, white on dark."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    width, height = right - left + 4, bottom - top + 4
+    x = min(max(box[0], tile[0]), tile[2] - width)
+    y = box[1] - height if box[1] - height >= tile[1] else box[1]
+    draw.rectangle((x, y, x + width - 1, y + height - 1), fill=color)
+    luminance = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+    draw.text((x + 2 - left, y + 2 - top), text, fill=(0, 0, 0) if luminance > 150 else (255, 255, 255), font=font)

@@ -21,8 +21,8 @@ a full run. The budget is the process's: a resumed run gets ``max_time`` again a
 schedule from the step it stopped at; the next row averages the steps since the partial one.
 
 The output folder follows ultralytics: ``args.yaml``, ``results.csv``, ``results.png``,
-``PR_curve.png``, ``confusion_matrix.png``, ``val_batch*_pred.jpg``, ``weights/{best,last}.pt``,
-plus ``metrics.json`` (the final COCO metrics) and TensorBoard event files.
+``PR_curve.png``, ``confusion_matrix.png``, ``val_batch*_labels.jpg``, ``val_batch*_pred.jpg``,
+``weights/{best,last}.pt``, plus ``metrics.json`` (the final COCO metrics) and TensorBoard event files.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""``load_model``: a saved detector comes back with the same outputs; foreign files fail clearly."""
+"""``load_model``: a saved detector comes back with the same outputs; foreign files fail clearly.
+``save_atomic``: the file gets the permissions the umask gives any other file."""
+
+import os
 
 import pytest
 import torch
@@ -36,3 +39,25 @@ def test_load_model_names_the_file_of_a_foreign_checkpoint(tmp_path):
     torch.save({"state_dict": {}}, path)
     with pytest.raises(ValueError, match=r"other.pt: not a balancedet checkpoint \(missing model, config"):
         load_model(path, "cpu")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_save_atomic_gives_the_file_the_mode_of_any_file_under_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        save_atomic({"step": 1}, tmp_path / "weights" / "last.pt")
+        save_atomic({"step": 2}, tmp_path / "weights" / "last.pt")  # replacing an existing file
+        (tmp_path / "plain.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    path = tmp_path / "weights" / "last.pt"
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "plain.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert torch.load(path)["step"] == 2
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temporary file left
+
+
+def test_save_atomic_leaves_no_temporary_file_when_the_write_fails(tmp_path):
+    with pytest.raises(Exception):  # noqa: B017 - whatever pickle raises
+        save_atomic({"bad": lambda: None}, tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
