@@ -18,6 +18,9 @@ BENCHMARKS = {
 }
 
 DEFAULT_PRESET = "retinanet_digits"
+#: The preset of ``train --data my.yaml`` without ``--config``; the recipe (``balancedet.engine.recipe``)
+#: then fits its input size and schedule to the data.
+USER_DATA_PRESET = "user_data"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,7 +29,11 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a detector (default: small RetinaNet on the built-in digits)")
     train.add_argument("--data", help="dataset YAML (format, train/val images and annotations, names) or 'digits'")
-    train.add_argument("--config", help=f"preset name in configs/ or a YAML file (default {DEFAULT_PRESET})")
+    train.add_argument(
+        "--config",
+        help=f"preset name in configs/ or a YAML file (default {DEFAULT_PRESET}; with --data my.yaml "
+        f"{USER_DATA_PRESET} fitted to the data)",
+    )
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     train.add_argument("--output", help="run folder (default runs/train/exp, exp2, ... never overwritten)")
     train.add_argument("--resume", metavar="LAST_PT", help="continue a killed run from its weights/last.pt")
@@ -80,6 +87,7 @@ def _run(args: argparse.Namespace) -> int:
 
         return run_demo(args.anchors, args.positives)
     if args.command == "train":
+        from balancedet.data.spec import BUILTIN
         from balancedet.engine.config import load_config
         from balancedet.engine.train import train
 
@@ -93,7 +101,15 @@ def _run(args: argparse.Namespace) -> int:
             overrides.insert(0, f"data.dataset={args.data}")
         if args.skip_bad:
             overrides.append("data.skip_bad=true")
-        config = load_config(args.config or DEFAULT_PRESET, overrides)
+        # The user's own data without a preset gets the recipe; the built-in digits keep their tuned preset.
+        fit = args.data is not None and args.config is None and args.data not in BUILTIN
+        config = load_config(args.config or (USER_DATA_PRESET if fit else DEFAULT_PRESET), overrides)
+        if fit:
+            from balancedet.data import load_data_spec
+            from balancedet.engine.recipe import explicit_keys, fit_recipe
+
+            config, lines = fit_recipe(config, load_data_spec(args.data), explicit_keys(args.overrides))
+            print("\n".join(lines), flush=True)
         train(config, output=args.output)
         return 0
     if args.command == "eval":
