@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from balancedet.data import DetectionDataset
 from balancedet.engine.checkpoint import rng_state, save_atomic, set_rng_state
+from balancedet.engine.data import eval_loader
 from balancedet.engine.evaluate import per_class_table, summary_line, write_eval_artifacts, write_metrics_json
 from balancedet.engine.plots import plot_results
 
@@ -72,6 +73,9 @@ class TrainState:
     predictions: list | None = None
     report_step: int = -1
     stop: str | None = None
+    plan_fixed: bool = False
+    plan_note: str | None = None
+    final_reserve: float = 0.0
 
     @property
     def evaluated(self) -> bool:
@@ -98,6 +102,8 @@ class TrainState:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
+            "total_steps": self.total_steps,
+            "plan_fixed": self.plan_fixed,
             "rows": self.rows,
             "best_ap": self.best_ap,
             "epoch_sums": self.sums,
@@ -111,6 +117,8 @@ class TrainState:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.rows, self.best_ap = ckpt["step"], ckpt["rows"], ckpt["best_ap"]
+        if ckpt.get("plan_fixed"):  # the schedule fitted to a time budget, fixed before the kill
+            self.total_steps, self.plan_fixed = ckpt["total_steps"], True
         self.sums, self.sum_steps = dict(ckpt["epoch_sums"]), ckpt["epoch_steps"]
         set_rng_state(ckpt["rng"])
 
@@ -142,27 +150,98 @@ def fire(callbacks: list[Callback], hook: str, state: TrainState) -> None:
 def default_callbacks(config: dict[str, Any], verbose: bool) -> list[Callback]:
     """What every run does: TensorBoard, ``results.csv``, checkpoints, the time limit, the console."""
     callbacks: list[Callback] = [TensorBoardWriter(), ResultsWriter(), CheckpointWriter()]
-    if config["train"]["max_time"] is not None:
-        callbacks.append(TimeLimit(config["train"]["max_time"]))
+    train = config["train"]
+    if train["max_time"] is not None:
+        callbacks.append(TimeBudget(train["max_time"], fit_schedule=train["schedule"] == "time"))
     if verbose:
         callbacks.append(ProgressBar())
     return callbacks
 
 
-class TimeLimit(Callback):
-    """``train.max_time``: stop after the first step that ends past ``max_time`` seconds of wall time
-    since ``train`` was called (dataset loading included); the final evaluation and saving come on
-    top. The budget is this process's: a resumed run gets ``max_time`` again, from its own start."""
+class TimeBudget(Callback):
+    """``train.max_time``: the run ends within ``max_time`` seconds of wall time since ``train`` was
+    called, data loading (or generating the digits) and the final evaluation included.
 
-    def __init__(self, max_time: float):
+    At the start it times the model on one validation batch (in eval mode, which draws no random
+    numbers) and reserves ``1.25 x`` the forward time of the whole validation split plus
+    ``FINAL_OVERHEAD`` seconds (COCO evaluation, plots, the last checkpoint) for the end of the run;
+    training stops after the first step that ends past the rest (``state.stop``).
+
+    With ``train.schedule: time`` it also fits the schedule to the budget, as ultralytics' ``time=``
+    does: after ``CALIBRATION`` steps it measures the wall time per step (evaluations and data loading
+    included) and sets ``state.total_steps`` to what fits before the stop; the warm-up and the
+    milestones follow (``balancedet.engine.train.learning_rate``: a milestone at epoch ``m`` of
+    ``epochs`` falls at ``m / epochs`` of the run). It plans again at every epoch's end while less than
+    half of the plan is done, so that a host that slows down or speeds up moves the decay, then keeps
+    the plan: a milestone never moves once it could have been passed. The plan is saved in
+    ``last.pt``, and a run resumed after it was fixed continues it step for step.
+    """
+
+    CALIBRATION = 12  # steps timed before the first plan (the first 2 are not: warm-up of kernels)
+    FINAL_OVERHEAD = 6.0  # seconds: COCO evaluation, PR/confusion/mosaic plots, best.pt and last.pt
+    MARGIN = 0.01  # of max_time, for what no estimate sees (process exit, a slow last step)
+
+    def __init__(self, max_time: float, fit_schedule: bool = False):
         if isinstance(max_time, bool) or not isinstance(max_time, (int, float)) or not max_time > 0:
             raise ValueError(f"train.max_time={max_time!r}: expected a positive number of seconds, or null")
-        self.max_time = float(max_time)
+        self.max_time, self.fit_schedule = float(max_time), fit_schedule
+        self.deadline = self.max_time
+        self.reference: tuple[int, float] | None = None
+        self.first_step = 0
+
+    def on_train_start(self, state: TrainState) -> None:
+        state.final_reserve = estimate_final_cost(state) + self.FINAL_OVERHEAD + self.MARGIN * self.max_time
+        self.deadline = self.max_time - state.final_reserve
+        self.first_step = state.step
 
     def on_step_end(self, state: TrainState) -> None:
         elapsed = state.elapsed()
-        if state.stop is None and elapsed > self.max_time:
-            state.stop = f"train.max_time={self.max_time:g} s reached after step {state.step} ({elapsed:.1f} s)"
+        if state.step == self.first_step + 2:
+            self.reference = (state.step, elapsed)
+        if self.fit_schedule and not state.plan_fixed and state.step == self.first_step + 2 + self.CALIBRATION:
+            self.plan(state, elapsed)
+        if state.stop is None and elapsed > self.deadline:
+            state.stop = (
+                f"train.max_time={self.max_time:g} s reached after step {state.step} ({elapsed:.1f} s, "
+                f"{state.final_reserve:.1f} s kept for the final evaluation)"
+            )
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if self.fit_schedule and not state.plan_fixed and self.reference is not None and state.stop is None:
+            self.plan(state, state.elapsed())
+
+    def plan(self, state: TrainState, elapsed: float) -> None:
+        """``state.total_steps`` = the steps done + those that fit before the stop at the measured rate."""
+        ref_step, ref_time = self.reference
+        if state.step <= ref_step:
+            return
+        per_step = (elapsed - ref_time) / (state.step - ref_step)
+        total = state.step + max(0, int((self.deadline - elapsed) / per_step))
+        state.total_steps = max(total, state.step + 1)
+        state.plan_fixed = 2 * state.step >= state.total_steps
+        state.plan_note = f"{state.total_steps} steps at {per_step:.2f} s/step (planned at step {state.step})"
+
+
+@torch.no_grad()
+def estimate_final_cost(state: TrainState) -> float:
+    """Seconds the final evaluation's forward passes take: one validation batch timed in eval mode
+    (the second of two calls: the first pays for one-off kernel set-up), times the number of batches."""
+    if len(state.val_set) == 0:
+        return 0.0
+    images, _ = next(iter(eval_loader(state.val_set, state.config)))
+    images = images.to(state.device)
+    was_training = state.model.training
+    state.model.eval()
+    try:
+        with torch.autocast(state.device.type, dtype=state.amp, enabled=state.amp is not None):
+            for _ in range(2):
+                start = time.perf_counter()
+                state.model(images)
+                seconds = time.perf_counter() - start
+    finally:
+        state.model.train(was_training)
+    batches = -(-len(state.val_set) // images.shape[0])
+    return 1.25 * seconds * batches
 
 
 class TensorBoardWriter(Callback):
@@ -266,7 +345,10 @@ class ProgressBar(Callback):
         self.bar = tqdm(total=state.total_steps, initial=state.step, dynamic_ncols=True, unit="it")
 
     def on_step_end(self, state: TrainState) -> None:
-        epochs = state.config["train"]["epochs"]
+        if self.bar.total != state.total_steps:  # the schedule was fitted to the time budget
+            self.bar.total = state.total_steps
+            self.bar.write(f"plan: {state.plan_note}")
+        epochs = -(-state.total_steps // state.steps_per_epoch)
         losses = {k: f"{v:.3f}" for k, v in state.losses.items()}
         self.bar.set_postfix({"epoch": f"{state.epoch + 1}/{epochs}", **losses, "lr": f"{state.lr:.2g}"})
         self.bar.update(1)

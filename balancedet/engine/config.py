@@ -57,7 +57,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "seed": 0,
         "eval_interval": 1,
         "checkpoint_interval": 200,
-        "max_time": None,  # seconds of this process's wall time, then stop after the step, evaluate, save
+        "max_time": None,  # seconds of this process's wall time, data and the final evaluation included
+        "schedule": "epochs",  # or "time": the schedule is fitted to max_time (``TimeBudget``)
         "num_plot_batches": 3,  # val_batch{0,1,2}_{labels,pred}.jpg, as ultralytics
     },
 }

@@ -44,3 +44,17 @@ def increment_dir(path: Path) -> Path:
     while path.with_name(f"{path.name}{n}").exists():
         n += 1
     return path.with_name(f"{path.name}{n}")
+
+
+def cpu_name() -> str:
+    """The CPU's model name as ``lscpu`` prints it (``/proc/cpuinfo``), or the platform's processor."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"

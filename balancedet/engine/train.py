@@ -43,7 +43,7 @@ from balancedet.engine.callbacks import Callback, TrainState, default_callbacks,
 from balancedet.engine.checkpoint import load_checkpoint
 from balancedet.engine.data import epoch_batches, epoch_loader, load_split
 from balancedet.engine.evaluate import evaluate_model
-from balancedet.engine.runtime import amp_dtype, increment_dir, resolve_device
+from balancedet.engine.runtime import amp_dtype, cpu_name, increment_dir, resolve_device
 
 
 def train(
@@ -60,7 +60,10 @@ def train(
     is then ignored). ``callbacks`` run after the default ones (``default_callbacks``); ``verbose``
     adds the progress bar and the printed summary.
     """
-    state = setup(config, output, resume, start_time=time.perf_counter())
+    start_time = time.perf_counter()
+    if verbose:
+        print(run_line(config, resume), flush=True)
+    state = setup(config, output, resume, start_time=start_time)
     hooks = [*default_callbacks(state.config, verbose), *callbacks]
     try:
         fire(hooks, "on_train_start", state)
@@ -73,6 +76,22 @@ def train(
         fire(hooks, "teardown", state)
     metrics = state.report["metrics"]
     return {"output": state.output, "metrics": metrics, "elapsed": state.elapsed(), "stopped": state.stop}
+
+
+def run_line(config: dict[str, Any] | None, resume: Path | str | None) -> str:
+    """The first line of a run: what trains, on what, and the time budget it keeps."""
+    if config is None:
+        return f"balancedet train: resuming {resume}"
+    tcfg, model = config["train"], config["model"]
+    cpu = f"{cpu_name()}, {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
+    where = f"{model['type']} on {config['data']['dataset']} ({cpu})"
+    if tcfg["max_time"] is None:
+        return f"balancedet train: {where}, {tcfg['epochs']} epochs, no time limit"
+    fitted = "the schedule fitted to it" if tcfg["schedule"] == "time" else f"{tcfg['epochs']} epochs at most"
+    return (
+        f"balancedet train: {where}: ends within {tcfg['max_time']:g} s wall (data, training and the final "
+        f"evaluation), {fitted}"
+    )
 
 
 def setup(
@@ -93,6 +112,10 @@ def setup(
         output = increment_dir(Path(output or "runs/train/exp"))
     (output / "weights").mkdir(parents=True, exist_ok=True)
     tcfg = config["train"]
+    if tcfg["schedule"] not in ("epochs", "time"):
+        raise ValueError(f"train.schedule={tcfg['schedule']!r}: expected epochs or time")
+    if tcfg["schedule"] == "time" and tcfg["max_time"] is None:
+        raise ValueError("train.schedule=time fits the schedule to train.max_time: set train.max_time (seconds)")
     device = resolve_device(tcfg["device"])
     amp = amp_dtype(tcfg["amp"], device)
     seed = int(tcfg["seed"])
@@ -128,13 +151,14 @@ def setup(
 
 
 def run_epoch(state: TrainState, callbacks: list[Callback]) -> None:
-    """The rest of the epoch ``state.step`` is in (all of it unless resumed mid-epoch), or up to a stop."""
+    """The rest of the epoch ``state.step`` is in (all of it unless resumed mid-epoch), up to the last
+    step (a schedule fitted to a time budget may end mid-epoch) or a stop."""
     state.epoch, done = divmod(state.step, state.steps_per_epoch)
     state.model.train()
     for images, targets in epoch_loader(state.train_set, state.config, state.epoch, done):
         train_step(state, images, targets)
         fire(callbacks, "on_step_end", state)
-        if state.stop is not None:
+        if state.stop is not None or state.step >= state.total_steps:
             break
     end_epoch(state, callbacks)
 
@@ -142,7 +166,7 @@ def run_epoch(state: TrainState, callbacks: list[Callback]) -> None:
 def train_step(state: TrainState, images: torch.Tensor, targets: list[dict[str, Any]]) -> None:
     """One optimiser step; sets ``state.lr``/``state.losses``, adds to the row's sums, counts the step."""
     tcfg, device = state.config["train"], state.device
-    state.lr = learning_rate(state.step, tcfg, state.steps_per_epoch)
+    state.lr = learning_rate(state.step, tcfg, state.total_steps)
     for group in state.optimizer.param_groups:
         group["lr"] = state.lr
     # scheduled samplers (S-OHEM's stages) read how far training has gone
@@ -196,14 +220,19 @@ def evaluate(state: TrainState) -> None:
     state.report_step = state.step
 
 
-def learning_rate(step: int, cfg: dict[str, Any], steps_per_epoch: int) -> float:
-    """Linear warm-up from ``warmup_factor * lr`` over ``warmup_iters`` steps, then ``lr_decay`` at
-    each milestone epoch (Detectron's schedule)."""
+def learning_rate(step: int, cfg: dict[str, Any], total_steps: int) -> float:
+    """Linear warm-up from ``warmup_factor * lr`` over ``warmup_iters`` steps (at most a tenth of
+    the run), then ``lr_decay`` at each milestone (Detectron's schedule).
+
+    A milestone ``m`` (in epochs) falls at ``m / epochs`` of the ``total_steps``: step
+    ``m * steps_per_epoch`` for a schedule counted in epochs, the same share of a schedule fitted to
+    a time budget (``train.schedule: time``)."""
     lr = cfg["lr"]
-    if step < cfg["warmup_iters"]:
-        alpha = step / max(1, cfg["warmup_iters"])
+    warmup = min(cfg["warmup_iters"], total_steps // 10) if cfg["schedule"] == "time" else cfg["warmup_iters"]
+    if step < warmup:
+        alpha = step / max(1, warmup)
         lr *= cfg["warmup_factor"] * (1 - alpha) + alpha
-    passed = sum(step >= m * steps_per_epoch for m in cfg["milestones"] or [])
+    passed = sum(step * cfg["epochs"] >= m * total_steps for m in cfg["milestones"] or [])
     return lr * cfg["lr_decay"] ** passed
 
 

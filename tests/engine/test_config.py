@@ -45,13 +45,28 @@ def test_unknown_preset_lists_the_presets(tmp_path):
 
 
 def test_learning_rate_warms_up_linearly_then_steps_down():
+    # 4 epochs of 100 steps, decays after epochs 2 and 3 (Detectron's step schedule)
     cfg = {"lr": 0.1, "warmup_iters": 10, "warmup_factor": 0.001, "milestones": [2, 3], "lr_decay": 0.1}
-    assert learning_rate(0, cfg, 100) == pytest.approx(1e-4)
-    assert learning_rate(5, cfg, 100) == pytest.approx(0.1 * (0.001 * 0.5 + 0.5))
-    assert learning_rate(10, cfg, 100) == pytest.approx(0.1)
-    assert learning_rate(199, cfg, 100) == pytest.approx(0.1)
-    assert learning_rate(200, cfg, 100) == pytest.approx(0.01)
-    assert learning_rate(300, cfg, 100) == pytest.approx(0.001)
+    cfg |= {"epochs": 4, "schedule": "epochs"}
+    assert learning_rate(0, cfg, 400) == pytest.approx(1e-4)
+    assert learning_rate(5, cfg, 400) == pytest.approx(0.1 * (0.001 * 0.5 + 0.5))
+    assert learning_rate(10, cfg, 400) == pytest.approx(0.1)
+    assert learning_rate(199, cfg, 400) == pytest.approx(0.1)
+    assert learning_rate(200, cfg, 400) == pytest.approx(0.01)
+    assert learning_rate(300, cfg, 400) == pytest.approx(0.001)
+
+
+def test_a_schedule_fitted_to_time_keeps_its_shape_at_any_length():
+    # 5 "epochs", decay at 4: at 80% of whatever number of steps the budget allows; the warm-up is
+    # at most a tenth of the run
+    cfg = {"lr": 0.1, "warmup_iters": 100, "warmup_factor": 0.001, "milestones": [4], "lr_decay": 0.1}
+    cfg |= {"epochs": 5, "schedule": "time"}
+    assert learning_rate(399, cfg, 500) == pytest.approx(0.1)
+    assert learning_rate(400, cfg, 500) == pytest.approx(0.01)
+    assert learning_rate(79, cfg, 100) == pytest.approx(0.1)
+    assert learning_rate(80, cfg, 100) == pytest.approx(0.01)
+    assert learning_rate(5, cfg, 100) == pytest.approx(0.1 * (0.001 * 0.5 + 0.5))  # warm-up of 10 steps
+    assert learning_rate(50, cfg, 2000) == pytest.approx(0.1 * (0.001 * 0.5 + 0.5))  # of 100 steps
 
 
 def test_epoch_batches_are_a_function_of_seed_and_epoch():

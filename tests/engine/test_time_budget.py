@@ -1,0 +1,107 @@
+"""``train.max_time`` with ``train.schedule: time``: the run's length is fitted to the budget, the
+final evaluation is kept inside it, and the plan survives a kill (``TimeBudget``)."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from balancedet.engine.callbacks import TimeBudget
+from balancedet.engine.checkpoint import load_checkpoint
+from balancedet.engine.train import train
+
+
+class FakeRun(SimpleNamespace):
+    """The part of ``TrainState`` that ``TimeBudget`` reads, on a clock the test moves."""
+
+    def elapsed(self) -> float:
+        return self.clock
+
+
+def fake_run(**fields) -> FakeRun:
+    defaults = dict(clock=0.0, step=0, total_steps=500, plan_fixed=False, plan_note=None, stop=None)
+    return FakeRun(**{**defaults, "final_reserve": 0.0, **fields})
+
+
+def run_steps(budget: TimeBudget, state: FakeRun, steps: int, seconds_per_step: float) -> None:
+    for _ in range(steps):
+        state.step += 1
+        state.clock += seconds_per_step
+        budget.on_step_end(state)
+
+
+def test_plan_fits_the_steps_left_before_the_final_reserve():
+    budget = TimeBudget(100.0, fit_schedule=True)
+    state = fake_run(clock=10.0)  # 10 s of data loading before the first step
+    budget.deadline, budget.first_step = 90.0, 0  # 10 s reserved for the final evaluation
+    run_steps(budget, state, 2, 3.0)  # the first two steps are slow (kernel set-up) and not timed
+    run_steps(budget, state, TimeBudget.CALIBRATION, 0.5)
+    # at step 14, t = 10 + 6 + 6 = 22 s: (90 - 22) / 0.5 = 136 steps more
+    assert state.total_steps == 14 + 136
+    assert not state.plan_fixed  # less than half done: the next epoch's end may plan again
+    assert state.stop is None
+
+    state.clock += 30.0  # an evaluation, or the host slowed down: the plan shrinks at the epoch's end
+    budget.on_epoch_end(state)
+    # t = 52 s, 12 steps since the reference (step 2, t = 16 s): 3 s/step, (90 - 52) / 3 = 12.7 steps more
+    assert state.total_steps == 14 + 12
+    assert state.plan_fixed  # 14 of 26 done
+
+
+def test_the_plan_is_fixed_after_half_of_it_and_the_deadline_still_stops():
+    budget = TimeBudget(100.0, fit_schedule=True)
+    state = fake_run()
+    budget.deadline, budget.first_step = 90.0, 0
+    run_steps(budget, state, 2 + TimeBudget.CALIBRATION, 1.0)
+    planned = state.total_steps
+    assert planned == 14 + 76
+    run_steps(budget, state, 40, 1.0)
+    budget.on_epoch_end(state)  # 54 of 90 done: fixed from here on
+    assert state.plan_fixed and state.total_steps == planned
+    run_steps(budget, state, 30, 2.0)  # the host halves its speed: the plan is kept...
+    budget.on_epoch_end(state)
+    assert state.total_steps == planned
+    assert state.stop is not None and "train.max_time=100 s reached" in state.stop  # ...and the deadline holds
+    assert state.clock > 90.0
+
+
+def test_without_fit_schedule_only_the_deadline_acts():
+    budget = TimeBudget(50.0)
+    state = fake_run(final_reserve=5.0)
+    budget.deadline = 45.0
+    run_steps(budget, state, 44, 1.0)
+    assert state.total_steps == 500 and state.stop is None
+    run_steps(budget, state, 2, 1.0)
+    assert state.stop.startswith("train.max_time=50 s reached after step 46 (46.0 s, 5.0 s kept")
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, "10"])
+def test_max_time_must_be_a_positive_number(bad):
+    with pytest.raises(ValueError, match="train.max_time"):
+        TimeBudget(bad)
+
+
+def test_schedule_time_needs_max_time(tiny_config, tmp_path):
+    with pytest.raises(ValueError, match="train.schedule=time fits the schedule to train.max_time"):
+        train(tiny_config("train.schedule=time"), output=tmp_path / "run", verbose=False)
+    with pytest.raises(ValueError, match="train.schedule='weeks'"):
+        train(tiny_config("train.schedule=weeks"), output=tmp_path / "run", verbose=False)
+
+
+def test_a_run_fitted_to_its_budget_ends_on_its_plan_with_the_decay_at_its_share(tiny_config, tmp_path, capsys):
+    # 2 "epochs" with the decay after the first: at half of whatever the budget allows
+    config = tiny_config(
+        "train.schedule=time", "train.max_time=20", "train.epochs=2", "train.milestones=[1]", "train.lr=0.01"
+    )
+    result = train(config, output=tmp_path / "run", verbose=True)
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("balancedet train: retinanet on ")
+    assert "ends within 20 s wall (data, training and the final evaluation), the schedule fitted to it" in out
+    assert "plan: " in out
+    last = load_checkpoint(result["output"] / "weights" / "last.pt")
+    total = last["total_steps"]
+    assert total > 2 * 3  # not the epoch count: what fits in 20 s
+    assert result["stopped"] is None and last["step"] == total  # ended on its plan, not cut by the deadline
+    # the wall time is the host's; the budget is kept whatever it is (a generous bound for loaded CI hosts)
+    assert result["elapsed"] < 20 + 5
+    assert last["rows"][-1]["lr"] == pytest.approx(0.001)  # decayed at half of the plan
+    assert last["rows"][0]["lr"] == pytest.approx(0.01)
