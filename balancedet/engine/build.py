@@ -27,6 +27,25 @@ iou_balanced      256, 0.5 positive, 3 IoU bins                                 
 libra             IoU-balanced negatives + instance-balanced positives            Libra R-CNN, sec. 3.1
 ================  ==============================================================  =============================
 
+In the two-stage box head (``faster_rcnn``; FPN, arXiv 1612.03144, sec. 4, with Detectron's settings):
+
+================  ==============================================================  =============================
+name              setting                                                         source
+================  ==============================================================  =============================
+ce                softmax CE, background at column 0                              Fast R-CNN, sec. 2.3
+smooth_l1         beta 1.0 on targets scaled by stds (0.1, 0.1, 0.2, 0.2)         Fast R-CNN eq. 3; Detectron
+l1                plain L1                                                        detectron2 (``SMOOTH_L1_BETA: 0``)
+balanced_l1       alpha 0.5, gamma 1.5, beta 1.0                                  Libra R-CNN, eq. 8 and config
+giou              loss weight 10 on decoded boxes                                 mmdetection faster-rcnn giou
+random            512 RoIs, 0.25 positive                                         Faster R-CNN sec. 3.1.3
+ohem              64 RoIs per image by loss (CE + smooth L1) after NMS 0.7        OHEM paper, sec. 4 (B/N=128/2)
+sohem             64 RoIs per image, stage schedule required                      ours (OHEM's budget)
+libra             512 RoIs, 0.25 positive, 3 IoU bins, instance-balanced          Libra R-CNN, sec. 3.1
+================  ==============================================================  =============================
+
+The RPN keeps Faster R-CNN's own parts (256 anchors at 0.5, IoU 0.7 / 0.3, BCE, smooth L1 beta 1/9), and the
+RoI assigner Detectron's IoU 0.5 foreground / [0, 0.5) background without low-quality matches.
+
 ``giou`` in RetinaNet and ``sohem`` have no published setting for this place: GIoU gets weight 1, and
 S-OHEM's stage schedule must be given (``sampler_args.schedule: linear_shift | ohem``), since the
 S-OHEM paper's table could not be obtained (see ``balancedet.samplers.sohem``).
@@ -45,11 +64,13 @@ from balancedet import losses
 from balancedet.assign import ATSSAssigner, MaxIoUAssigner
 from balancedet.boxes.anchors import FPN_STRIDES
 from balancedet.models.detector import DensePostProcess
+from balancedet.models.faster_rcnn import FasterRCNN
 from balancedet.models.gfl import GFL
 from balancedet.models.heads import DenseHead
 from balancedet.models.normalizer import PositiveNormalizer
 from balancedet.models.pyramid import build_pyramid
 from balancedet.models.retinanet import RetinaNet
+from balancedet.models.rpn import RPN_STRIDES
 from balancedet.samplers import (
     LINEAR_SHIFT_SCHEDULE,
     OHEM_SCHEDULE,
@@ -93,6 +114,19 @@ _DENSE_SAMPLERS: dict[str | None, Remedy | None] = {
     "libra": (libra_sampler, {"num": 256, "pos_fraction": 0.5, "num_bins": 3}),
 }
 _SOHEM_SCHEDULES = {"linear_shift": LINEAR_SHIFT_SCHEDULE, "ohem": OHEM_SCHEDULE}
+_ROI_BOX: dict[str, Remedy] = {
+    "smooth_l1": (losses.SmoothL1Loss, {"beta": 1.0}),
+    "l1": (losses.L1Loss, {}),
+    "balanced_l1": (losses.BalancedL1Loss, {"alpha": 0.5, "gamma": 1.5, "beta": 1.0}),
+    # mmdetection's configs/faster_rcnn/faster-rcnn_r50_fpn_giou_1x_coco.py: GIoULoss(loss_weight=10.0)
+    "giou": (losses.GIoULoss, {"loss_weight": 10.0}),
+}
+_ROI_SAMPLERS: dict[str, Remedy] = {
+    "random": (RandomSampler, {"num": 512, "pos_fraction": 0.25}),
+    "ohem": (OHEMSampler, {"num": 64, "mode": "budget", "nms_iou": 0.7}),
+    "sohem": (SOHEMSampler, {"num": 64}),
+    "libra": (libra_sampler, {"num": 512, "pos_fraction": 0.25, "num_bins": 3}),
+}
 
 #: Per model type: the remedies it accepts for each part.
 REMEDIES: dict[str, dict[str, dict]] = {
@@ -100,6 +134,11 @@ REMEDIES: dict[str, dict[str, dict]] = {
     "gfl": {
         "cls_loss": {"qfl": (losses.QualityFocalLoss, {"beta": 2.0}), "focal": _DENSE_CLS["focal"]},
         "box_loss": {"giou": (losses.GIoULoss, {"loss_weight": 2.0}), "iou": (losses.IoULoss, {"loss_weight": 2.0})},
+    },
+    "faster_rcnn": {
+        "cls_loss": {"ce": (losses.CrossEntropyLoss, {})},
+        "box_loss": _ROI_BOX,
+        "sampler": _ROI_SAMPLERS,
     },
 }
 
@@ -149,10 +188,34 @@ MODEL_KEYS: dict[str, dict[str, Any]] = {
         "dfl_weight": 0.25,
         "nms_iou": 0.6,
     },
+    "faster_rcnn": {
+        "type": "faster_rcnn",
+        **{k: _COMMON[k] for k in ("backbone", "backbone_weights", "norm", "frozen_stages", "fpn_channels", "bfp")},
+        "anchor_sizes": [32, 64, 128, 256, 512],
+        "anchor_ratios": [0.5, 1.0, 2.0],
+        "rpn_pre_nms_top_n_train": 2000,
+        "rpn_pre_nms_top_n_test": 1000,
+        "rpn_post_nms_top_n_train": 1000,
+        "rpn_post_nms_top_n_test": 1000,
+        "rpn_nms_iou": 0.7,
+        "representation_size": 1024,
+        "cls_loss": "ce",
+        "cls_loss_args": {},
+        "box_loss": "smooth_l1",
+        "box_loss_args": {},
+        "sampler": "random",
+        "sampler_args": {},
+        "assigner_args": {},
+        "score_thresh": 0.05,
+        "nms_iou": 0.5,
+        "max_dets": 100,
+    },
 }
 MODEL_TYPES = tuple(MODEL_KEYS)
 
-_ASSIGNERS = {"retinanet": MaxIoUAssigner, "gfl": ATSSAssigner}
+_ASSIGNERS = {"retinanet": MaxIoUAssigner, "gfl": ATSSAssigner, "faster_rcnn": MaxIoUAssigner}
+#: The RoI head's assignment (Detectron: foreground IoU >= 0.5, background [0, 0.5), no low-quality matches).
+_ASSIGNER_DEFAULTS: dict[str, dict[str, Any]] = {"faster_rcnn": {"pos_iou": 0.5, "neg_iou": 0.5, "low_quality": False}}
 
 
 def resolve_model_config(cfg: dict[str, Any], where: str = "model") -> dict[str, Any]:
@@ -188,7 +251,8 @@ def resolve_model_config(cfg: dict[str, Any], where: str = "model") -> dict[str,
         if options[name] is not None:
             _check_args(options[name][0], resolved[f"{part}_args"], f"{where}: model.{part}_args ({part}={name})")
     _check_args(_ASSIGNERS[kind], resolved["assigner_args"], f"{where}: model.assigner_args")
-    if kind == "retinanet" and resolved["sampler"] == "sohem" and "schedule" not in resolved["sampler_args"]:
+    sohem = resolved.get("sampler") == "sohem"
+    if sohem and "schedule" not in resolved["sampler_args"]:
         raise ValueError(
             f"{where}: model.sampler=sohem needs model.sampler_args.schedule ({' | '.join(_SOHEM_SCHEDULES)}): the "
             "S-OHEM paper's stage schedule is not available to this project, so there is no default"
@@ -233,15 +297,17 @@ def _sampler_args(args: dict[str, Any]) -> dict[str, Any]:
 
 def build_remedies(cfg: dict[str, Any]) -> dict[str, Any]:
     """The criterion's parts of a resolved ``cfg``: ``cls_loss``, ``box_loss``, ``assigner``, ``normalizer``
-    (and ``sampler`` for RetinaNet), each with its paper's setting updated by ``<part>_args``."""
+    (dense types), ``sampler`` (RetinaNet, and the RoI head's for Faster R-CNN), each with its paper's
+    setting updated by ``<part>_args``."""
     kind = cfg["type"]
     remedies = REMEDIES[kind]
     parts = {
         "cls_loss": _make(remedies["cls_loss"][cfg["cls_loss"]], cfg["cls_loss_args"]),
         "box_loss": _make(remedies["box_loss"][cfg["box_loss"]], cfg["box_loss_args"]),
-        "assigner": _ASSIGNERS[kind](**cfg["assigner_args"]),
-        "normalizer": PositiveNormalizer(momentum=cfg["normalizer_momentum"]),
+        "assigner": _ASSIGNERS[kind](**{**_ASSIGNER_DEFAULTS.get(kind, {}), **cfg["assigner_args"]}),
     }
+    if "normalizer_momentum" in cfg:
+        parts["normalizer"] = PositiveNormalizer(momentum=cfg["normalizer_momentum"])
     if "sampler" in remedies:
         parts["sampler"] = _make(remedies["sampler"][cfg["sampler"]], _sampler_args(cfg["sampler_args"]))
     return parts
@@ -251,17 +317,20 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     """The detector of ``cfg`` (a config's ``model`` section) for ``num_classes`` object classes."""
     cfg = resolve_model_config(cfg)
     retinanet = cfg["type"] == "retinanet"
-    strides = FPN_STRIDES
+    two_stage = cfg["type"] == "faster_rcnn"
+    strides = RPN_STRIDES if two_stage else FPN_STRIDES
     backbone, neck = build_pyramid(
         cfg["backbone"],
         strides,
-        extra_from="c5" if retinanet else "p5",
+        extra_from="maxpool" if two_stage else ("c5" if retinanet else "p5"),
         weights=cfg["backbone_weights"],
         norm=cfg["norm"],
         frozen_stages=cfg["frozen_stages"],
         channels=cfg["fpn_channels"],
         bfp="non_local" if cfg["bfp"] is True else (cfg["bfp"] or None),
     )
+    if two_stage:
+        return _faster_rcnn(cfg, num_classes, backbone, neck)
     anchors = len(cfg["anchor_ratios"]) * len(cfg["anchor_scales"]) if retinanet else 1
     head = DenseHead(
         neck.out_channels,
@@ -290,4 +359,25 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
         reg_max=cfg["reg_max"],
         dfl_weight=cfg["dfl_weight"],
         **parts,
+    )
+
+
+def _faster_rcnn(cfg: dict[str, Any], num_classes: int, backbone: nn.Module, neck: nn.Module) -> FasterRCNN:
+    parts = build_remedies(cfg)
+    rpn = {k: cfg[k] for k in cfg if k.startswith("rpn_")}
+    return FasterRCNN(
+        num_classes,
+        backbone,
+        neck,
+        anchor_sizes=cfg["anchor_sizes"],
+        anchor_ratios=cfg["anchor_ratios"],
+        representation_size=cfg["representation_size"],
+        roi_sampler=parts["sampler"],
+        roi_assigner=parts["assigner"],
+        cls_loss=parts["cls_loss"],
+        box_loss=parts["box_loss"],
+        score_thresh=cfg["score_thresh"],
+        nms_iou=cfg["nms_iou"],
+        max_detections=cfg["max_dets"],
+        **rpn,
     )

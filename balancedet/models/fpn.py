@@ -1,11 +1,13 @@
-"""Feature Pyramid Network with RetinaNet's extra levels.
+"""Feature Pyramid Network with the extra levels of RetinaNet, FCOS/GFL and the FPN RPN.
 
 Lin et al., "Feature Pyramid Networks for Object Detection", CVPR 2017 (arXiv 1612.03144), sec. 3:
 a 1x1 lateral conv on each backbone map, a top-down pathway that upsamples the coarser merged map
 by nearest neighbour and adds it, then a 3x3 conv on each merged map. RetinaNet (Lin et al.,
 ICCV 2017, arXiv 1708.02002, sec. 4 and footnote 2) adds P6 by a 3x3 stride-2 conv on C5 (not P5)
 and P7 by a ReLU then a 3x3 stride-2 conv on P6, all with 256 channels. FCOS/GFL build P6 from P5
-instead (``extra_from="p5"``).
+instead (``extra_from="p5"``). The FPN paper's RPN (sec. 4.1) reads P2-P6 where "P6 is simply a stride
+two subsampling of P5" (``extra_from="maxpool"``: a max-pool of kernel 1 and stride 2, no parameters,
+as the authors' Detectron); P6 is used by the RPN only, not by the RoI head.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from torch import Tensor, nn
 
 __all__ = ["FPN"]
 
-EXTRA_SOURCES = ("c5", "p5")
+EXTRA_SOURCES = ("c5", "p5", "maxpool")
 
 
 def _init_conv(conv: nn.Conv2d) -> None:
@@ -31,7 +33,8 @@ class FPN(nn.Module):
         in_channels: channels of the backbone maps, finest first.
         out_channels: channels of every output level (256 in the papers).
         num_extra: extra levels above the last input (2: P6, P7).
-        extra_from: ``"c5"`` (RetinaNet: P6 from the last backbone map) or ``"p5"`` (FCOS, GFL).
+        extra_from: ``"c5"`` (RetinaNet: P6 from the last backbone map), ``"p5"`` (FCOS, GFL) or
+            ``"maxpool"`` (FPN RPN: each extra level a kernel-1 stride-2 max-pool of the level below).
         first_stride: stride of the finest input map (8 for C3, 4 for C2).
 
     ``forward(feats) -> [P3, ..., P7]``, each ``(B, out_channels, H_l, W_l)``; ``strides`` holds
@@ -59,8 +62,9 @@ class FPN(nn.Module):
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
         self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
         first = in_channels[-1] if extra_from == "c5" else out_channels
+        num_convs = 0 if extra_from == "maxpool" else num_extra
         self.extra = nn.ModuleList(
-            nn.Conv2d(first if i == 0 else out_channels, out_channels, 3, stride=2, padding=1) for i in range(num_extra)
+            nn.Conv2d(first if i == 0 else out_channels, out_channels, 3, stride=2, padding=1) for i in range(num_convs)
         )
         for conv in (*self.lateral, *self.output, *self.extra):
             _init_conv(conv)
@@ -75,6 +79,11 @@ class FPN(nn.Module):
             lateral = self.lateral[i](feats[i])
             merged = lateral + F.interpolate(merged, size=lateral.shape[-2:], mode="nearest")
             outs.insert(0, self.output[i](merged))
+        if self.extra_from == "maxpool":
+            for _ in range(self.num_extra):
+                # kernel 1, stride 2: ceil(H / 2) rows, the size a stride-2 3x3 conv with padding 1 gives
+                outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))
+            return outs
         x = feats[-1] if self.extra_from == "c5" else outs[-1]
         for i, conv in enumerate(self.extra):
             # P7 (and above) sees a ReLU of the level below; P6 reads C5/P5 directly (paper, footnote 2).

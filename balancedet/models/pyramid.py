@@ -2,7 +2,8 @@
 
 ``build_pyramid`` is the one place a detector's trunk is put together: a ResNet depth (or any module
 with ``out_channels`` and ``strides``), the FPN of Lin et al. (CVPR 2017, arXiv 1612.03144) with the
-extra stride-2 levels the detector's strides need, and Libra R-CNN's BFP (Pang et al., CVPR 2019,
+extra stride-2 levels the detector's strides need (P3-P7 for the dense heads, P2-P6 for the Faster R-CNN
+RPN, whose P6 is a max-pool of P5), and Libra R-CNN's BFP (Pang et al., CVPR 2019,
 arXiv 1904.02701, sec. 3.2) refining at P4, the level of stride 16, as in the paper.
 """
 
@@ -28,9 +29,10 @@ class FeaturePyramid(nn.Module):
     Args:
         in_channels, in_strides: the backbone maps' channels and strides, finest first.
         strides: the output levels' strides (e.g. ``(8, 16, 32, 64, 128)`` for P3-P7); levels beyond the
-            backbone's are extra stride-2 convs.
+            backbone's are extra stride-2 convs (max-pools with ``extra_from="maxpool"``).
         channels: channels of every level (256 in the papers).
-        extra_from: where P6 comes from: ``"c5"`` (RetinaNet) or ``"p5"`` (FCOS, GFL).
+        extra_from: where P6 comes from: ``"c5"`` (RetinaNet), ``"p5"`` (FCOS, GFL) or ``"maxpool"`` (a
+            kernel-1 stride-2 max-pool of P5: the FPN paper's RPN, sec. 4.1).
         bfp: ``None`` (plain FPN) or the BFP refinement: ``"non_local"`` (the paper), ``"conv"``, ``"none"``.
 
     ``forward(maps) -> [P_l]``, ``out_channels`` (an int) and ``strides`` as attributes.
@@ -107,7 +109,8 @@ def build_pyramid(
 ) -> tuple[nn.Module, nn.Module]:
     """``(backbone, neck)`` producing the levels of ``strides``; a given neck needs ``out_channels``, ``strides``.
 
-    ``extra_from`` is where P6 comes from (``"c5"``: RetinaNet, ``"p5"``: GFL/FCOS); ``weights``, ``norm``,
+    ``extra_from`` is where P6 comes from (``"c5"``: RetinaNet, ``"p5"``: GFL/FCOS, ``"maxpool"``: the FPN
+    RPN); a first stride of 4 makes a ResNet depth return C2-C5. ``weights``, ``norm``,
     ``frozen_stages`` go to ``ResNetBackbone`` when ``backbone`` is a depth; ``channels`` and ``bfp`` to the
     default ``FeaturePyramid``.
     """

@@ -70,11 +70,13 @@ def test_every_valid_combination_builds_its_parts():
                     assert isinstance(parts["sampler"], expected), (kind, choice)
                 else:
                     assert isinstance(parts[part], constructor), (kind, choice)
-            assert isinstance(parts["assigner"], MaxIoUAssigner if kind == "retinanet" else ATSSAssigner)
+            assert isinstance(parts["assigner"], ATSSAssigner if kind == "gfl" else MaxIoUAssigner)
             count += 1
     retinanet_parts = REMEDIES["retinanet"]
     expected = len(retinanet_parts["cls_loss"]) * len(retinanet_parts["box_loss"]) * len(retinanet_parts["sampler"])
     expected += len(REMEDIES["gfl"]["cls_loss"]) * len(REMEDIES["gfl"]["box_loss"])
+    two_stage = REMEDIES["faster_rcnn"]
+    expected += len(two_stage["cls_loss"]) * len(two_stage["box_loss"]) * len(two_stage["sampler"])
     assert count == 2 * expected
 
 
