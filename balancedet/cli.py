@@ -15,6 +15,7 @@ BENCHMARKS = {
     "losses": "balancedet.bench.losses",
     "assign": "balancedet.bench.assign",
     "detector": "balancedet.bench.detector",
+    "train": "balancedet.bench.train",
 }
 
 DEFAULT_PRESET = "retinanet_digits"

@@ -152,7 +152,9 @@ def default_callbacks(config: dict[str, Any], verbose: bool) -> list[Callback]:
     callbacks: list[Callback] = [TensorBoardWriter(), ResultsWriter(), CheckpointWriter()]
     train = config["train"]
     if train["max_time"] is not None:
-        callbacks.append(TimeBudget(train["max_time"], fit_schedule=train["schedule"] == "time"))
+        # the plan is kept once the first decay is reached (1: no decay, revised to the end)
+        share = min(train["milestones"]) / train["epochs"] if train["milestones"] else 1.0
+        callbacks.append(TimeBudget(train["max_time"], train["schedule"] == "time", min(share, 1.0)))
     if verbose:
         callbacks.append(ProgressBar())
     return callbacks
@@ -171,20 +173,21 @@ class TimeBudget(Callback):
     does: after ``CALIBRATION`` steps it measures the wall time per step (evaluations and data loading
     included) and sets ``state.total_steps`` to what fits before the stop; the warm-up and the
     milestones follow (``balancedet.engine.train.learning_rate``: a milestone at epoch ``m`` of
-    ``epochs`` falls at ``m / epochs`` of the run). It plans again at every epoch's end while less than
-    half of the plan is done, so that a host that slows down or speeds up moves the decay, then keeps
-    the plan: a milestone never moves once it could have been passed. The plan is saved in
-    ``last.pt``, and a run resumed after it was fixed continues it step for step.
+    ``epochs`` falls at ``m / epochs`` of the run). It plans again every ``REPLAN_EVERY`` steps, so
+    that a host that slows down or speeds up moves the decay, until the first milestone is reached
+    (``fixed_share`` of the run): from then on the plan is kept, so a decay never comes undone. The
+    plan is saved in ``last.pt``, and a run resumed after it was fixed continues it step for step.
     """
 
     CALIBRATION = 12  # steps timed before the first plan (the first 2 are not: warm-up of kernels)
+    REPLAN_EVERY = 25  # steps
     FINAL_OVERHEAD = 6.0  # seconds: COCO evaluation, PR/confusion/mosaic plots, best.pt and last.pt
     MARGIN = 0.01  # of max_time, for what no estimate sees (process exit, a slow last step)
 
-    def __init__(self, max_time: float, fit_schedule: bool = False):
+    def __init__(self, max_time: float, fit_schedule: bool = False, fixed_share: float = 1.0):
         if isinstance(max_time, bool) or not isinstance(max_time, (int, float)) or not max_time > 0:
             raise ValueError(f"train.max_time={max_time!r}: expected a positive number of seconds, or null")
-        self.max_time, self.fit_schedule = float(max_time), fit_schedule
+        self.max_time, self.fit_schedule, self.fixed_share = float(max_time), fit_schedule, fixed_share
         self.deadline = self.max_time
         self.reference: tuple[int, float] | None = None
         self.first_step = 0
@@ -193,12 +196,15 @@ class TimeBudget(Callback):
         state.final_reserve = estimate_final_cost(state) + self.FINAL_OVERHEAD + self.MARGIN * self.max_time
         self.deadline = self.max_time - state.final_reserve
         self.first_step = state.step
+        if self.fit_schedule and not state.plan_fixed:  # until the first plan: long enough to make it
+            state.total_steps = max(state.total_steps, state.step + 3 + self.CALIBRATION)
 
     def on_step_end(self, state: TrainState) -> None:
         elapsed = state.elapsed()
         if state.step == self.first_step + 2:
             self.reference = (state.step, elapsed)
-        if self.fit_schedule and not state.plan_fixed and state.step == self.first_step + 2 + self.CALIBRATION:
+        since = state.step - self.first_step - 2 - self.CALIBRATION
+        if self.fit_schedule and not state.plan_fixed and since >= 0 and since % self.REPLAN_EVERY == 0:
             self.plan(state, elapsed)
         if state.stop is None and elapsed > self.deadline:
             state.stop = (
@@ -206,19 +212,16 @@ class TimeBudget(Callback):
                 f"{state.final_reserve:.1f} s kept for the final evaluation)"
             )
 
-    def on_epoch_end(self, state: TrainState) -> None:
-        if self.fit_schedule and not state.plan_fixed and self.reference is not None and state.stop is None:
-            self.plan(state, state.elapsed())
-
     def plan(self, state: TrainState, elapsed: float) -> None:
         """``state.total_steps`` = the steps done + those that fit before the stop at the measured rate."""
         ref_step, ref_time = self.reference
         if state.step <= ref_step:
             return
         per_step = (elapsed - ref_time) / (state.step - ref_step)
-        total = state.step + max(0, int((self.deadline - elapsed) / per_step))
+        # two steps' slack: the run should end on its plan (the decay done), not be cut by the deadline
+        total = state.step + max(0, int((self.deadline - elapsed) / per_step) - 2)
         state.total_steps = max(total, state.step + 1)
-        state.plan_fixed = 2 * state.step >= state.total_steps
+        state.plan_fixed = state.step >= self.fixed_share * state.total_steps
         state.plan_note = f"{state.total_steps} steps at {per_step:.2f} s/step (planned at step {state.step})"
 
 

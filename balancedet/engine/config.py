@@ -52,6 +52,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "lr_decay": 0.1,
         "grad_clip": None,
         "amp": "auto",
+        "channels_last": True,
         "device": "auto",
         "workers": 0,
         "seed": 0,

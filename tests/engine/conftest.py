@@ -18,6 +18,9 @@ TINY_RUN = [
     "train.workers=0",
     "train.warmup_iters=2",
     "train.batch_size=8",
+    # the presets fit their schedule to a 570 s budget; the tiny runs count epochs
+    "train.schedule=epochs",
+    "train.max_time=null",
 ]
 
 

@@ -36,6 +36,8 @@ def test_short_training_reaches_a_non_trivial_ap(small_digits, tmp_path):
             "train.warmup_iters=30",
             "train.milestones=[7]",
             "train.eval_interval=8",
+            "train.schedule=epochs",
+            "train.max_time=null",
         ],
     )
     result = train(config, output=tmp_path / "smoke", verbose=False)
