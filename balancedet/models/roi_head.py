@@ -271,6 +271,10 @@ class RoIHead(nn.Module):
         score_thresh: detections must score above it (0.05).
         nms_iou: class-wise NMS threshold (0.5).
         max_detections: detections per image (100).
+        feature_transform: training only, applied to the pooled features before the box head:
+            ``(pooled (N, C, S, S), targets: RoITargets, rows (B, R)) -> (pooled, extra_losses)``, its losses
+            merged into the head's (the adversary of A-Fast-RCNN, ``balancedet.models.a_fast_rcnn``). None:
+            the features go to the box head as pooled.
 
     ``forward(levels, proposals, image_sizes, input_size, targets=None)``: ``levels`` the first
     ``num_levels`` pyramid levels of the padded ``(B, 3, H, W)`` batch, ``input_size = (H, W)`` (the
@@ -287,6 +291,7 @@ class RoIHead(nn.Module):
         score_thresh: float = 0.05,
         nms_iou: float = 0.5,
         max_detections: int = 100,
+        feature_transform: Callable[[Tensor, RoITargets, Tensor], tuple[Tensor, dict[str, Tensor]]] | None = None,
     ):
         super().__init__()
         if getattr(box_head, "num_classes", None) != criterion.num_classes:
@@ -303,6 +308,7 @@ class RoIHead(nn.Module):
         self.names = [f"p{k}" for k in range(num_levels)]
         self.pooler = MultiScaleRoIAlign(self.names, box_head.pool_size, sampling_ratio)
         self.score_thresh, self.nms_iou, self.max_detections = score_thresh, nms_iou, max_detections
+        self.feature_transform = feature_transform
 
     def pool(self, levels: Sequence[Tensor], boxes: Sequence[Tensor], input_size: tuple[int, int]) -> Tensor:
         """``(sum_i N_i, C, S, S)`` features of each image's ``boxes (N_i, 4)``, level by eq. 1 of the FPN paper."""
@@ -328,13 +334,23 @@ class RoIHead(nn.Module):
         if self.criterion.needs_head_outputs:
             # OHEM / S-OHEM: one pass over every RoI, the sampler's choice masks the loss
             rows = roi_targets.valid
-            logits, deltas = self.box_head(self.pool(levels, _rows_of(roi_targets.boxes, rows), input_size))
+            pooled = self.pool(levels, _rows_of(roi_targets.boxes, rows), input_size)
+            pooled, extra = self.transform(pooled, roi_targets, rows)
+            logits, deltas = self.box_head(pooled)
             sample = self.criterion.sample(roi_targets, rows, logits, deltas)
         else:
             sample = self.criterion.sample(roi_targets)
             rows = sample.keep
-            logits, deltas = self.box_head(self.pool(levels, _rows_of(roi_targets.boxes, rows), input_size))
-        return self.criterion(logits, deltas, roi_targets, sample, rows)
+            pooled = self.pool(levels, _rows_of(roi_targets.boxes, rows), input_size)
+            pooled, extra = self.transform(pooled, roi_targets, rows)
+            logits, deltas = self.box_head(pooled)
+        return {**self.criterion(logits, deltas, roi_targets, sample, rows), **extra}
+
+    def transform(self, pooled: Tensor, targets: RoITargets, rows: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training features the box head sees, and any losses of the transform (none without one)."""
+        if self.feature_transform is None:
+            return pooled, {}
+        return self.feature_transform(pooled, targets, rows)
 
     @torch.no_grad()
     def detections(
