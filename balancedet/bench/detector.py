@@ -1,4 +1,4 @@
-"""``balancedet bench detector``: training throughput of our RetinaNet against torchvision's, in one run.
+"""``balancedet bench detector``: training throughput of our RetinaNet and Faster R-CNN against torchvision's.
 
 Both detectors get the same backbone (torchvision's ResNet, default ResNet-18 without pretrained
 weights, trainable BN or frozen BN in both, stem and first stage frozen in both), the same FPN
@@ -16,7 +16,17 @@ load on a shared machine:
 - ``loss``: what happens after the heads (anchors, assignment, losses and their backward) on
   fixed head outputs, at a COCO-like scale (``--loss-size 800x1344``, 80 classes): this is where
   the implementations differ (one batched assignment and one fused focal-loss call against
-  torchvision's per-image loops and ``torchvision.ops.sigmoid_focal_loss``).
+  torchvision's per-image loops and ``torchvision.ops.sigmoid_focal_loss``);
+- ``rcnn``: a whole training step of a two-stage detector at ``--size``: our ``FasterRCNN`` against
+  torchvision's ``FasterRCNN`` on the same ResNet (C2-C5, stem and first stage frozen in both), FPN
+  P2-P6 of 256 channels with P6 a max-pool of P5, RPN (3 anchors per location, 32-512 px, 2000 per
+  level before NMS 0.7, 1000 per image after it: torchvision's 2000 is set to our 1000), 512 RoIs per
+  image at a quarter foreground, 7x7 RoIAlign and 2-fc head of 1024, the same number of classes; and
+  two remedies on our model, timed in the same round: OHEM (``OHEMSampler(64, "budget", nms_iou=0.7)``,
+  every RoI through the head) and Libra R-CNN as its preset trains it (BFP with a non-local block at
+  P4, ``libra_sampler(512, 0.25)``, Balanced L1, the RPN's ``neg_pos_ub=5``), reported against our
+  random sampling. The box predictors differ by design: torchvision regresses a box for the
+  background class too (``4 (K + 1)`` outputs against our ``4 K``).
 
 Peak memory is read from the CPU allocator through ``torch.profiler`` (``profile_memory=True``):
 each allocation event carries the bytes allocated since profiling started and still live, whose
@@ -35,27 +45,44 @@ import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from balancedet.bench.common import format_table, human_bytes
 from balancedet.boxes.anchors import feature_map_sizes
+from balancedet.losses.balanced_l1 import BalancedL1Loss
 from balancedet.losses.smooth_l1 import L1Loss
 from balancedet.models.backbones import ResNetBackbone
+from balancedet.models.faster_rcnn import FasterRCNN
+from balancedet.models.pyramid import build_pyramid
 from balancedet.models.retinanet import RetinaNet
+from balancedet.models.rpn import RPN_STRIDES
+from balancedet.samplers import OHEMSampler, RandomSampler, libra_sampler
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 GOAL_SPEEDUP = 1.5
 KINDS = ("balancedet", "torchvision")
-STAGES = ("step", "loss")
+#: The two-stage round: our Faster R-CNN (random sampling), torchvision's, then our two remedies.
+RCNN_KINDS = ("balancedet", "torchvision", "ohem", "libra")
+RCNN_NAMES = {
+    "balancedet": "balancedet Faster R-CNN",
+    "torchvision": "torchvision Faster R-CNN",
+    "ohem": "balancedet Faster R-CNN + OHEM",
+    "libra": "balancedet Libra R-CNN",
+}
+STAGES = ("step", "loss", "rcnn")
+#: Goals of the two-stage round: ours no slower than torchvision's; a remedy's step against random sampling.
+GOAL_RCNN_SPEEDUP = 1.0
+GOAL_REMEDY_RATIO = {"ohem": 1.3, "libra": 1.1}
 
 
 @dataclass(frozen=True)
 class Config:
-    """One stage's problem: backbone, batch of ``batch`` images of ``height x width``, classes, boxes."""
+    """One stage's problem: backbone, batch of ``batch`` images of ``height x width``, classes, boxes (and,
+    for the two-stage round, RoIs and proposals per image)."""
 
     depth: int = 18
     norm: str = "bn"
@@ -65,6 +92,10 @@ class Config:
     classes: int = 10
     boxes: int = 4
     threads: int | None = None
+    #: two-stage round only: RoIs per image in the box head (random and Libra sampling) and proposals per
+    #: training image after NMS, in both models (the papers' 512 and 1000; tests use fewer)
+    rois: int = 512
+    proposals: int = 1000
 
 
 def make_batch(
@@ -107,8 +138,61 @@ def build_torchvision(depth: int, norm: str, num_classes: int, height: int, widt
     return TVRetinaNet(backbone, num_classes, min_size=min(height, width), max_size=max(height, width))
 
 
-def build_model(kind: str, cfg: Config) -> nn.Module:
+def build_ours_rcnn(kind: str, cfg: Config) -> FasterRCNN:
+    """Our Faster R-CNN with random RoI sampling (``"balancedet"``), OHEM (``"ohem"``) or as Libra R-CNN."""
+    backbone = ResNetBackbone(cfg.depth, weights=None, norm=cfg.norm, frozen_stages=1, levels=(2, 3, 4, 5))
+    proposals = {"rpn_post_nms_top_n_train": cfg.proposals}
+    if kind == "balancedet":
+        return FasterRCNN(cfg.classes, backbone, roi_sampler=RandomSampler(cfg.rois, 0.25), **proposals)
+    if kind == "ohem":
+        # OHEM's B / N = 128 / 2 RoIs per image after NMS 0.7 (arXiv 1604.03540, sec. 4), as the builder's
+        sampler = OHEMSampler(64, mode="budget", nms_iou=0.7)
+        return FasterRCNN(cfg.classes, backbone, roi_sampler=sampler, **proposals)
+    if kind == "libra":
+        # libra_rcnn_r50_fpn's parts: BFP at P4, IoU-balanced sampling, Balanced L1, the RPN's neg_pos_ub 5
+        backbone, neck = build_pyramid(backbone, RPN_STRIDES, extra_from="maxpool", bfp="non_local")
+        return FasterRCNN(
+            cfg.classes,
+            backbone,
+            neck,
+            rpn_sampler=RandomSampler(256, 0.5, neg_pos_ub=5),
+            roi_sampler=libra_sampler(cfg.rois, 0.25),
+            box_loss=BalancedL1Loss(alpha=0.5, gamma=1.5, beta=1.0),
+            **proposals,
+        )
+    raise ValueError(f"build_ours_rcnn: kind must be one of {RCNN_KINDS}, got {kind!r}")
+
+
+def build_torchvision_rcnn(cfg: Config) -> nn.Module:
+    from torchvision.models.detection import FasterRCNN as TVFasterRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+    from torchvision.ops import FrozenBatchNorm2d
+
+    backbone = resnet_fpn_backbone(
+        backbone_name=f"resnet{cfg.depth}",
+        weights=None,
+        norm_layer=nn.BatchNorm2d if cfg.norm == "bn" else FrozenBatchNorm2d,
+        trainable_layers=3,  # layer2-4: stem and layer1 frozen, as our frozen_stages=1
+        returned_layers=[1, 2, 3, 4],  # C2-C5; the default extra block is P6 as a max-pool of P5, as ours
+    )
+    # torchvision counts the background among its classes; its 2000 proposals per training image
+    # become our (and detectron2's) 1000 so that both heads see as many RoIs
+    return TVFasterRCNN(
+        backbone,
+        cfg.classes + 1,
+        min_size=min(cfg.height, cfg.width),
+        max_size=max(cfg.height, cfg.width),
+        rpn_post_nms_top_n_train=cfg.proposals,
+        box_batch_size_per_image=cfg.rois,
+    )
+
+
+def build_model(kind: str, cfg: Config, stage: str = "step") -> nn.Module:
     torch.manual_seed(0)
+    if stage == "rcnn":
+        if kind == "torchvision":
+            return build_torchvision_rcnn(cfg)
+        return build_ours_rcnn(kind, cfg)
     if kind == "balancedet":
         return build_ours(cfg.depth, cfg.norm, cfg.classes)
     return build_torchvision(cfg.depth, cfg.norm, cfg.classes, cfg.height, cfg.width)
@@ -166,9 +250,9 @@ def make_loss_stage(model: nn.Module, cfg: Config, ours: bool) -> Callable[[], N
 
 
 def build_step(kind: str, stage: str, cfg: Config) -> tuple[nn.Module, Callable[[], None]]:
-    model = build_model(kind, cfg)
-    ours = kind == "balancedet"
-    if stage == "step":
+    model = build_model(kind, cfg, stage)
+    ours = kind != "torchvision"
+    if stage in ("step", "rcnn"):
         images, targets = make_batch(cfg.batch, cfg.height, cfg.width, cfg.classes, cfg.boxes)
         return model, make_step(model, images, targets, ours)
     return model, make_loss_stage(model, cfg, ours)
@@ -255,11 +339,17 @@ def time_interleaved(steps: list[Callable[[], None]], repeat: int, warmup: int) 
     return [(statistics.median(t), f) for t, f in zip(times, first, strict=True)]
 
 
+def stage_kinds(stage: str) -> tuple[str, ...]:
+    """The models a stage times, in the order of its table (torchvision's second)."""
+    return RCNN_KINDS if stage == "rcnn" else KINDS
+
+
 def run_stage(stage: str, cfg: Config, repeat: int, warmup: int, memory: str) -> list[Result]:
-    built = [build_step(kind, stage, cfg) for kind in KINDS]
+    kinds = stage_kinds(stage)
+    built = [build_step(kind, stage, cfg) for kind in kinds]
     timings = time_interleaved([step for _, step in built], repeat, warmup)
     results = []
-    for kind, (model, step), (seconds, first) in zip(KINDS, built, timings, strict=True):
+    for kind, (model, step), (seconds, first) in zip(kinds, built, timings, strict=True):
         if memory == "subprocess":
             peak = peak_in_subprocess(kind, stage, cfg)
         elif memory == "inline":
@@ -271,23 +361,53 @@ def run_stage(stage: str, cfg: Config, repeat: int, warmup: int, memory: str) ->
 
 
 def format_stage(stage: str, cfg: Config, results: list[Result]) -> str:
-    base = results[-1]
-    rows = [
-        [
-            f"{r.kind} RetinaNet",
+    by_kind = {r.kind: r for r in results}
+    base = by_kind["torchvision"]
+    rcnn = stage == "rcnn"
+    rows = []
+    for r in results:
+        row = [
+            RCNN_NAMES[r.kind] if rcnn else f"{r.kind} RetinaNet",
             f"{r.seconds * 1e3:.1f}",
             f"{cfg.batch / r.seconds:.2f}",
             f"{base.seconds / r.seconds:.2f}x",
+        ]
+        if rcnn:
+            row.append("" if r.kind == "torchvision" else f"{r.seconds / by_kind['balancedet'].seconds:.2f}x")
+        row += [
             human_bytes(r.peak_bytes) if r.peak_bytes is not None else "n/a",
             f"{r.params / 1e6:.2f}M",
             f"{r.first_seconds * 1e3:.0f}",
         ]
-        for r in results
-    ]
-    what = "training step" if stage == "step" else "loss stage (anchors + assignment + losses + backward)"
+        rows.append(row)
+    what = {
+        "step": "training step",
+        "loss": "loss stage (anchors + assignment + losses + backward)",
+        "rcnn": "two-stage training step",
+    }[stage]
     title = f"{what}: {cfg.batch} images {cfg.height}x{cfg.width}, {cfg.classes} classes, {cfg.boxes} boxes/image"
-    header = ["model", "ms", "images/s", "vs torchvision", "peak memory", "params", "1st call ms"]
+    header = ["model", "ms", "images/s", "vs torchvision", *(["time vs random"] if rcnn else [])]
+    header += ["peak memory", "params", "1st call ms"]
     return f"{title}\n{format_table(header, rows)}"
+
+
+def summary(stage: str, results: list[Result]) -> str:
+    """One line: the speed-up over torchvision and the memory against it, and the goals met or missed."""
+    by_kind = {r.kind: r for r in results}
+    ours, theirs = by_kind["balancedet"], by_kind["torchvision"]
+    speedup = theirs.seconds / ours.seconds
+    known = ours.peak_bytes is not None and theirs.peak_bytes is not None
+    memory = "unknown" if not known else "not above" if ours.peak_bytes <= theirs.peak_bytes else "ABOVE"
+    goal = ""
+    if stage in ("step", "rcnn"):
+        want = GOAL_SPEEDUP if stage == "step" else GOAL_RCNN_SPEEDUP
+        goal = f" (goal >= {want}x: {'met' if speedup >= want else 'MISSED'})"
+    line = f"{stage}: speed-up {speedup:.2f}x{goal}; peak memory {memory} torchvision's"
+    for kind, limit in GOAL_REMEDY_RATIO.items():
+        if kind in by_kind:
+            ratio = by_kind[kind].seconds / ours.seconds
+            line += f"; {kind} {ratio:.2f}x random (goal <= {limit}x: {'met' if ratio <= limit else 'MISSED'})"
+    return line
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -307,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loss-batch", type=int, default=2)
     parser.add_argument("--loss-classes", type=int, default=80)
     parser.add_argument("--loss-boxes", type=int, default=20)
+    parser.add_argument("--rois", type=int, default=512, help="two-stage round: box-head RoIs per image")
+    parser.add_argument("--proposals", type=int, default=1000, help="two-stage round: proposals per training image")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--memory", choices=["subprocess", "inline", "off"], default="subprocess")
     parser.add_argument("--repeat", type=int, default=5)
@@ -316,29 +438,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    step_cfg = Config(args.depth, args.norm, args.batch, *args.size, args.classes, args.boxes, args.threads)
     configs = {
-        "step": Config(args.depth, args.norm, args.batch, *args.size, args.classes, args.boxes, args.threads),
+        "step": step_cfg,
         "loss": Config(
             args.depth, args.norm, args.loss_batch, *args.loss_size, args.loss_classes, args.loss_boxes, args.threads
         ),
+        "rcnn": replace(step_cfg, rois=args.rois, proposals=args.proposals),
     }
     print(
-        f"balancedet bench detector: RetinaNet ResNet-{args.depth} ({args.norm}) + FPN P3-P7, SGD on CPU "
-        f"(threads={torch.get_num_threads()}, torch {torch.__version__}), median of {args.repeat}, "
-        f"memory: {args.memory}"
+        f"balancedet bench detector: RetinaNet (P3-P7) and Faster R-CNN (P2-P6), ResNet-{args.depth} ({args.norm}) "
+        f"+ FPN, SGD on CPU (threads={torch.get_num_threads()}, torch {torch.__version__}), median of "
+        f"{args.repeat}, memory: {args.memory}"
     )
     for stage in args.stages:
         cfg = configs[stage]
         results = run_stage(stage, cfg, args.repeat, args.warmup, args.memory)
         print(format_stage(stage, cfg, results))
-        ours, theirs = results
-        speedup = theirs.seconds / ours.seconds
-        known = ours.peak_bytes is not None and theirs.peak_bytes is not None
-        memory = "unknown" if not known else "not above" if ours.peak_bytes <= theirs.peak_bytes else "ABOVE"
-        goal = ""
-        if stage == "step":
-            goal = f" (goal >= {GOAL_SPEEDUP}x: {'met' if speedup >= GOAL_SPEEDUP else 'MISSED'})"
-        print(f"{stage}: speed-up {speedup:.2f}x{goal}; peak memory {memory} torchvision's\n", flush=True)
+        print(summary(stage, results) + "\n", flush=True)
     return 0
 
 

@@ -45,6 +45,11 @@ libra             512 RoIs, 0.25 positive, 3 IoU bins, instance-balanced        
 
 The RPN keeps Faster R-CNN's own parts (256 anchors at 0.5, IoU 0.7 / 0.3, BCE, smooth L1 beta 1/9), and the
 RoI assigner Detectron's IoU 0.5 foreground / [0, 0.5) background without low-quality matches.
+``rpn_sampler_args`` updates the RPN's ``RandomSampler(256, 0.5)``: Libra R-CNN's released config
+(mmdetection ``configs/libra_rcnn/libra-faster-rcnn_r50-fpn_1x_coco.py``) sets ``neg_pos_ub: 5`` there.
+``bfp: true`` puts Libra's Balanced Feature Pyramid (non-local refine) after the FPN; for the P2-P6 of the
+two-stage type it gathers and refines at P4, stride 16 (Libra sec. 3.2; that config's ``refine_level=2``),
+where the dense types (P3-P7) refine too (``balancedet.models.pyramid.BFP_REFINE_STRIDE``).
 
 ``giou`` in RetinaNet and ``sohem`` have no published setting for this place: GIoU gets weight 1, and
 S-OHEM's stage schedule must be given (``sampler_args.schedule: linear_shift | ohem``), since the
@@ -121,6 +126,8 @@ _ROI_BOX: dict[str, Remedy] = {
     # mmdetection's configs/faster_rcnn/faster-rcnn_r50_fpn_giou_1x_coco.py: GIoULoss(loss_weight=10.0)
     "giou": (losses.GIoULoss, {"loss_weight": 10.0}),
 }
+#: The RPN's sampler (Faster R-CNN sec. 3.1.3: 256 anchors per image, at most half positive).
+_RPN_SAMPLER: Remedy = (RandomSampler, {"num": 256, "pos_fraction": 0.5})
 _ROI_SAMPLERS: dict[str, Remedy] = {
     "random": (RandomSampler, {"num": 512, "pos_fraction": 0.25}),
     "ohem": (OHEMSampler, {"num": 64, "mode": "budget", "nms_iou": 0.7}),
@@ -198,6 +205,7 @@ MODEL_KEYS: dict[str, dict[str, Any]] = {
         "rpn_post_nms_top_n_train": 1000,
         "rpn_post_nms_top_n_test": 1000,
         "rpn_nms_iou": 0.7,
+        "rpn_sampler_args": {},
         "representation_size": 1024,
         "cls_loss": "ce",
         "cls_loss_args": {},
@@ -251,6 +259,8 @@ def resolve_model_config(cfg: dict[str, Any], where: str = "model") -> dict[str,
         if options[name] is not None:
             _check_args(options[name][0], resolved[f"{part}_args"], f"{where}: model.{part}_args ({part}={name})")
     _check_args(_ASSIGNERS[kind], resolved["assigner_args"], f"{where}: model.assigner_args")
+    if "rpn_sampler_args" in resolved:
+        _check_args(_RPN_SAMPLER[0], resolved["rpn_sampler_args"], f"{where}: model.rpn_sampler_args")
     sohem = resolved.get("sampler") == "sohem"
     if sohem and "schedule" not in resolved["sampler_args"]:
         raise ValueError(
@@ -364,7 +374,7 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
 
 def _faster_rcnn(cfg: dict[str, Any], num_classes: int, backbone: nn.Module, neck: nn.Module) -> FasterRCNN:
     parts = build_remedies(cfg)
-    rpn = {k: cfg[k] for k in cfg if k.startswith("rpn_")}
+    rpn = {k: cfg[k] for k in cfg if k.startswith("rpn_") and k != "rpn_sampler_args"}
     return FasterRCNN(
         num_classes,
         backbone,
@@ -372,6 +382,7 @@ def _faster_rcnn(cfg: dict[str, Any], num_classes: int, backbone: nn.Module, nec
         anchor_sizes=cfg["anchor_sizes"],
         anchor_ratios=cfg["anchor_ratios"],
         representation_size=cfg["representation_size"],
+        rpn_sampler=_make(_RPN_SAMPLER, cfg["rpn_sampler_args"]),
         roi_sampler=parts["sampler"],
         roi_assigner=parts["assigner"],
         cls_loss=parts["cls_loss"],

@@ -48,18 +48,14 @@ def check_float(name: str, t: Tensor, dim: int | None = None) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
-        raise TypeError(
-            f"{name} must be a floating-point tensor, got dtype {t.dtype} with shape {shape_str(t)}"
-        )
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype} with shape {shape_str(t)}")
     if dim is not None and t.dim() != dim:
         raise ValueError(f"{name} must have {dim} dimensions, got shape {shape_str(t)}")
 
 
 def check_same_shape(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
     if a.shape != b.shape:
-        raise ValueError(
-            f"{name_a} and {name_b} must have the same shape, got {shape_str(a)} and {shape_str(b)}"
-        )
+        raise ValueError(f"{name_a} and {name_b} must have the same shape, got {shape_str(a)} and {shape_str(b)}")
 
 
 def check_labels(name: str, labels: Tensor, n: int, low: int, high: int) -> None:
@@ -67,9 +63,7 @@ def check_labels(name: str, labels: Tensor, n: int, low: int, high: int) -> None
     if not isinstance(labels, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise TypeError(
-            f"{name} must be an integer tensor, got dtype {labels.dtype} with shape {shape_str(labels)}"
-        )
+        raise TypeError(f"{name} must be an integer tensor, got dtype {labels.dtype} with shape {shape_str(labels)}")
     if labels.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {shape_str(labels)}")
     if n == 0:
@@ -82,9 +76,7 @@ def check_finite(name: str, t: Tensor) -> None:
     """``t`` must contain no NaN or infinity."""
     if t.numel() == 0:
         return
-    _value_check(
-        torch.isfinite(t).all(), f"{name} (shape {shape_str(t)}) contains NaN or infinite values", t.device
-    )
+    _value_check(torch.isfinite(t).all(), f"{name} (shape {shape_str(t)}) contains NaN or infinite values", t.device)
 
 
 def check_range(name: str, t: Tensor, low: float, high: float) -> None:

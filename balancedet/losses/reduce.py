@@ -41,8 +41,7 @@ def expand_weight(weight: Tensor | None, shape: torch.Size, name: str = "weight"
     if weight.dim() == 1 and len(shape) >= 1 and weight.shape[0] == shape[0]:
         return weight.view((shape[0],) + (1,) * (len(shape) - 1))
     raise ValueError(
-        f"{name} must have shape {tuple(shape)} or ({shape[0] if len(shape) else '?'},), "
-        f"got {tuple(weight.shape)}"
+        f"{name} must have shape {tuple(shape)} or ({shape[0] if len(shape) else '?'},), got {tuple(weight.shape)}"
     )
 
 

@@ -1,6 +1,8 @@
 from balancedet.bench import detector as bench_detector
 
 TINY = bench_detector.Config(depth=18, norm="frozen_bn", batch=1, height=64, width=96, classes=3, boxes=2)
+#: the two-stage round at a fraction of its RoIs: the 2-fc head on 512 RoIs would dominate the test's time
+TINY_RCNN = bench_detector.Config(**{**TINY.__dict__, "rois": 32, "proposals": 64})
 
 
 def test_batch_boxes_lie_inside_the_images():
@@ -12,12 +14,39 @@ def test_batch_boxes_lie_inside_the_images():
 
 
 def test_both_models_have_the_same_architecture_and_train():
-    for stage in bench_detector.STAGES:
+    for stage in ("step", "loss"):
         results = bench_detector.run_stage(stage, TINY, repeat=1, warmup=1, memory="inline")
         ours, theirs = results
         # The same weights' shapes: torchvision's FPN and heads are ours, layer for layer.
         assert ours.params == theirs.params
         assert all(r.seconds > 0 and r.peak_bytes > 0 for r in results)
+
+
+def test_the_two_stage_round_times_both_faster_rcnns_and_the_remedies():
+    results = bench_detector.run_stage("rcnn", TINY_RCNN, repeat=1, warmup=1, memory="inline")
+    by_kind = {r.kind: r for r in results}
+    assert tuple(by_kind) == bench_detector.RCNN_KINDS
+    assert all(r.seconds > 0 and r.peak_bytes > 0 for r in results)
+    # the same network but for torchvision's box regressor of the background class: 4 outputs of a 1024 fc
+    assert by_kind["torchvision"].params - by_kind["balancedet"].params == 4 * 1024 + 4
+    assert by_kind["ohem"].params == by_kind["balancedet"].params
+    assert by_kind["libra"].params > by_kind["balancedet"].params  # the BFP's non-local block
+    table = bench_detector.format_stage("rcnn", TINY_RCNN, results)
+    for name in bench_detector.RCNN_NAMES.values():
+        assert name in table
+    line = bench_detector.summary("rcnn", results)
+    assert "ohem" in line and "libra" in line and "x random" in line
+
+
+def test_the_two_stage_models_are_configured_alike():
+    ours = bench_detector.build_model("balancedet", TINY_RCNN, "rcnn")
+    theirs = bench_detector.build_model("torchvision", TINY_RCNN, "rcnn")
+    assert ours.rpn.post_nms_top_n_train == theirs.rpn._post_nms_top_n["training"] == 64
+    assert ours.roi_head.criterion.sampler.num == theirs.roi_heads.fg_bg_sampler.batch_size_per_image == 32
+    assert ours.rpn.pre_nms_top_n_train == theirs.rpn._pre_nms_top_n["training"] == 2000
+    assert theirs.roi_heads.box_predictor.cls_score.out_features == ours.roi_head.box_head.cls_score.out_features
+    libra = bench_detector.build_model("libra", TINY_RCNN, "rcnn")
+    assert libra.neck.bfp.refine_level == 2 and libra.rpn.criterion.sampler.neg_pos_ub == 5
 
 
 def test_peak_memory_in_a_fresh_process():
