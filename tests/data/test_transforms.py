@@ -100,3 +100,70 @@ def test_collate_pads_to_a_multiple_of_size_divisible():
     assert images.shape == (2, 3, 160, 96)
     with pytest.raises(ValueError, match="empty batch"):
         collate_detection([])
+
+
+def composed_v2_pipeline(train: bool, min_size, max_size, flip_prob: float):
+    """The reference: torchvision's composed ``v2`` transforms on ``tv_tensors``, the steps
+    ``DetectionTransform`` calls as kernels."""
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    steps = [v2.Resize(min_size, max_size=max_size, antialias=True)] if min_size is not None else []
+    if train and flip_prob > 0:
+        steps.append(v2.RandomHorizontalFlip(flip_prob))
+    steps += [
+        v2.ClampBoundingBoxes(),
+        v2.SanitizeBoundingBoxes(min_size=1.0, min_area=1.0, labels_getter=lambda s: (s["labels"], s["ignore"])),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ]
+    pipeline = v2.Compose(steps)
+
+    def apply(image, boxes, labels, ignore):
+        h, w = image.shape[-2:]
+        out = pipeline(
+            {
+                "image": tv_tensors.Image(image),
+                "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
+                "labels": labels,
+                "ignore": ignore,
+            }
+        )
+        return (
+            out["image"].as_subclass(torch.Tensor),
+            out["boxes"].as_subclass(torch.Tensor),
+            out["labels"],
+            out["ignore"],
+        )
+
+    return apply
+
+
+@pytest.mark.parametrize(
+    ("train", "min_size", "max_size", "shape"),
+    [
+        (True, 128, None, (128, 128)),
+        (True, 96, 160, (120, 300)),
+        (False, 200, 333, (90, 70)),
+        (True, None, None, (50, 64)),
+    ],
+)
+def test_the_kernels_give_what_the_composed_v2_pipeline_gives(train, min_size, max_size, shape):
+    generator = torch.Generator().manual_seed(0)
+    ours = DetectionTransform(train=train, min_size=min_size, max_size=max_size, flip_prob=0.5)
+    reference = composed_v2_pipeline(train, min_size, max_size, 0.5)
+    h, w = shape
+    for trial in range(12):
+        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator)
+        xy = torch.rand(6, 2, generator=generator) * torch.tensor([w, h]) * 1.1 - 2  # some outside the image
+        wh = torch.rand(6, 2, generator=generator) * torch.tensor([w, h]) * 0.5
+        boxes = torch.cat([xy, xy + wh], 1)
+        boxes[0, 2:] = boxes[0, :2] + 0.4  # degenerate: removed by both
+        labels, ignore = torch.arange(6), torch.rand(6, generator=generator) < 0.3
+        torch.manual_seed(trial)
+        out = ours(image, boxes, labels, ignore)
+        torch.manual_seed(trial)  # the same flip draw
+        ref_image, ref_boxes, ref_labels, ref_ignore = reference(image, boxes, labels, ignore)
+        assert torch.equal(out["image"], ref_image)
+        assert torch.equal(out["boxes"], ref_boxes.reshape(-1, 4))
+        assert torch.equal(out["labels"], ref_labels) and torch.equal(out["ignore"], ref_ignore)
