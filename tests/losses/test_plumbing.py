@@ -91,3 +91,32 @@ def test_inductor_cache_is_keyed_by_cpu_capability(tmp_path):
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == str(tmp_path)  # the user's choice wins
+
+    # Inductor sets its default in the environment when first asked (here before balancedet is
+    # imported, as the command line's imports did): that default is not a choice of the user's.
+    first = "from torch._inductor.runtime.cache_dir_utils import cache_dir; cache_dir(); " + code
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "ATEN_CPU_CAPABILITY")}
+    env["ATEN_CPU_CAPABILITY"] = "avx2"
+    out = subprocess.run([sys.executable, "-c", first], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == folders["avx2"]
+
+
+def test_a_compiled_kernel_that_disagrees_with_eager_falls_back_with_a_warning(monkeypatch):
+    kernel = backend.FusedKernel(lambda x: (x * 2, x.sum()))
+    monkeypatch.setattr(backend, "can_compile", lambda device_type: True)
+    monkeypatch.setattr(backend, "_mode", "auto")
+    kernel._compiled = lambda x: (x * 2 + 1, x.sum())  # what a stale cache entry gave: finite and wrong
+    x = torch.arange(4.0)
+    with pytest.warns(RuntimeWarning, match="disagrees with the eager one"):
+        doubled, total = kernel(x)
+    assert torch.equal(doubled, x * 2) and float(total) == 6.0
+    assert kernel._broken  # eager from then on
+    assert torch.equal(kernel(x)[0], x * 2)
+
+
+def test_agreement_allows_float_reassociation_only():
+    a = torch.tensor([1.0, 2.0, 3.0])
+    assert backend.agrees(a + 1e-6, a)
+    assert not backend.agrees(a * 1.01, a)
+    assert not backend.agrees(torch.tensor([1.0, float("nan")]), torch.tensor([1.0, 2.0]))
+    assert not backend.agrees((a, a), (a,))
