@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="balancedet", description="Imbalance remedies for object detection.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train a detector (default: small GFL on the built-in digits, within 10 minutes)")
+    train = sub.add_parser("train", help="train a detector (default: small GFL on the built-in digits, in 10 min)")
     train.add_argument("--data", help="dataset YAML (format, train/val images and annotations, names) or 'digits'")
     train.add_argument(
         "--config",
