@@ -41,6 +41,7 @@ random            512 RoIs, 0.25 positive                                       
 ohem              64 RoIs per image by loss (CE + smooth L1) after NMS 0.7        OHEM paper, sec. 4 (B/N=128/2)
 sohem             64 RoIs per image, stage schedule required                      ours (OHEM's budget)
 libra             512 RoIs, 0.25 positive, 3 IoU bins, instance-balanced          Libra R-CNN, sec. 3.1
+asdn (adversary)  4 convs of 256, 15 of the top 20 cells, stages at 10/75, 35/75  A-Fast-RCNN sec. 3.1, code
 ================  ==============================================================  =============================
 
 The RPN keeps Faster R-CNN's own parts (256 anchors at 0.5, IoU 0.7 / 0.3, BCE, smooth L1 beta 1/9), and the
@@ -50,6 +51,15 @@ RoI assigner Detectron's IoU 0.5 foreground / [0, 0.5) background without low-qu
 ``bfp: true`` puts Libra's Balanced Feature Pyramid (non-local refine) after the FPN; for the P2-P6 of the
 two-stage type it gathers and refines at P4, stride 16 (Libra sec. 3.2; that config's ``refine_level=2``),
 where the dense types (P3-P7) refine too (``balancedet.models.pyramid.BFP_REFINE_STRIDE``).
+
+``adversary: asdn`` builds A-Fast-RCNN (Wang et al., CVPR 2017, arXiv 1704.03414, sec. 3.1;
+``balancedet.models.a_fast_rcnn``): the same detector trained against an Adversarial Spatial Dropout Network
+on the positive RoIs' pooled features. ``adversary_args`` updates ``ASDN``'s own defaults (the authors'
+released settings, github.com/xiaolonw/adversarial-frcnn) except ``in_channels`` and ``pool_size``, which
+are the model's (``fpn_channels``, the box head's 7). ``adversary_pretrain_start`` and
+``adversary_joint_start`` are the training fractions at which ASDN pre-training (detector fixed) and joint
+training begin: 10/75 and 35/75, the authors' 10K, 25K and 40K iterations (``fast_rcnn_std.sh``,
+``fast_rcnn_adv_pretrain.sh``, ``fast_rcnn_adv.sh``).
 
 ``giou`` in RetinaNet and ``sohem`` have no published setting for this place: GIoU gets weight 1, and
 S-OHEM's stage schedule must be given (``sampler_args.schedule: linear_shift | ohem``), since the
@@ -68,8 +78,10 @@ from torch import nn
 from balancedet import losses
 from balancedet.assign import ATSSAssigner, MaxIoUAssigner
 from balancedet.boxes.anchors import FPN_STRIDES
+from balancedet.models.a_fast_rcnn import JOINT_START, PRETRAIN_START, AFastRCNN
+from balancedet.models.asdn import ASDN
 from balancedet.models.detector import DensePostProcess
-from balancedet.models.faster_rcnn import FasterRCNN
+from balancedet.models.faster_rcnn import ROI_POOL_SIZE, FasterRCNN
 from balancedet.models.gfl import GFL
 from balancedet.models.heads import DenseHead
 from balancedet.models.normalizer import PositiveNormalizer
@@ -88,7 +100,15 @@ from balancedet.samplers import (
     libra_sampler,
 )
 
-__all__ = ["MODEL_KEYS", "MODEL_TYPES", "REMEDIES", "build_model", "build_remedies", "resolve_model_config"]
+__all__ = [
+    "ADVERSARIES",
+    "MODEL_KEYS",
+    "MODEL_TYPES",
+    "REMEDIES",
+    "build_model",
+    "build_remedies",
+    "resolve_model_config",
+]
 
 #: A remedy: its constructor and the keyword arguments of its paper's setting in this place.
 Remedy = tuple[Callable[..., Any], dict[str, Any]]
@@ -134,6 +154,12 @@ _ROI_SAMPLERS: dict[str, Remedy] = {
     "sohem": (SOHEMSampler, {"num": 64}),
     "libra": (libra_sampler, {"num": 512, "pos_fraction": 0.25, "num_bins": 3}),
 }
+
+#: The two-stage type's adversaries (A-Fast-RCNN): not a criterion part (``REMEDIES``) but a module of the
+#: detector, built in ``build_model`` on the model's channels and pool size; its defaults are ``ASDN``'s own.
+ADVERSARIES: dict[str | None, Remedy | None] = {None: None, "asdn": (ASDN, {})}
+#: ``ASDN``'s arguments that the model decides: the pyramid's channels and the box head's pool size.
+_ADVERSARY_FROM_MODEL = ("in_channels", "pool_size")
 
 #: Per model type: the remedies it accepts for each part.
 REMEDIES: dict[str, dict[str, dict]] = {
@@ -217,6 +243,10 @@ MODEL_KEYS: dict[str, dict[str, Any]] = {
         "score_thresh": 0.05,
         "nms_iou": 0.5,
         "max_dets": 100,
+        "adversary": None,
+        "adversary_args": {},
+        "adversary_pretrain_start": PRETRAIN_START,
+        "adversary_joint_start": JOINT_START,
     },
 }
 MODEL_TYPES = tuple(MODEL_KEYS)
@@ -261,6 +291,8 @@ def resolve_model_config(cfg: dict[str, Any], where: str = "model") -> dict[str,
     _check_args(_ASSIGNERS[kind], resolved["assigner_args"], f"{where}: model.assigner_args")
     if "rpn_sampler_args" in resolved:
         _check_args(_RPN_SAMPLER[0], resolved["rpn_sampler_args"], f"{where}: model.rpn_sampler_args")
+    if "adversary" in resolved:
+        _check_adversary(resolved, known, where)
     sohem = resolved.get("sampler") == "sohem"
     if sohem and "schedule" not in resolved["sampler_args"]:
         raise ValueError(
@@ -268,6 +300,39 @@ def resolve_model_config(cfg: dict[str, Any], where: str = "model") -> dict[str,
             "S-OHEM paper's stage schedule is not available to this project, so there is no default"
         )
     return resolved
+
+
+def _check_adversary(resolved: dict[str, Any], defaults: dict[str, Any], where: str) -> None:
+    """The A-Fast-RCNN keys of a resolved two-stage ``cfg``; an error names the key."""
+    name = resolved["adversary"]
+    if name not in ADVERSARIES:
+        choices = ", ".join("null" if o is None else o for o in ADVERSARIES)
+        raise ValueError(f"{where}: model.adversary={name!r} is not available (choices: {choices})")
+    stages = ("adversary_pretrain_start", "adversary_joint_start")
+    if name is None:
+        if resolved["adversary_args"]:
+            raise ValueError(f"{where}: model.adversary_args given without a model.adversary")
+        # a stage fraction other than the default means a run that expected an adversary
+        changed = [k for k in stages if resolved[k] != defaults[k]]
+        if changed:
+            raise ValueError(f"{where}: {', '.join(f'model.{k}' for k in changed)} given without a model.adversary")
+        return
+    args = resolved["adversary_args"]
+    fixed = [k for k in _ADVERSARY_FROM_MODEL if k in args]
+    if fixed:
+        raise ValueError(
+            f"{where}: model.adversary_args.{fixed[0]} is the model's (in_channels: model.fpn_channels, "
+            f"pool_size: the box head's {ROI_POOL_SIZE}), not an argument"
+        )
+    _check_args(ADVERSARIES[name][0], args, f"{where}: model.adversary_args (adversary={name})")
+    pretrain, joint = (resolved[k] for k in stages)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (pretrain, joint)) or not (
+        0 <= pretrain <= joint <= 1
+    ):
+        raise ValueError(
+            f"{where}: need 0 <= model.adversary_pretrain_start <= model.adversary_joint_start <= 1, got "
+            f"{pretrain!r}, {joint!r}"
+        )
 
 
 def _number(value: Any) -> Any:
@@ -375,7 +440,18 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
 def _faster_rcnn(cfg: dict[str, Any], num_classes: int, backbone: nn.Module, neck: nn.Module) -> FasterRCNN:
     parts = build_remedies(cfg)
     rpn = {k: cfg[k] for k in cfg if k.startswith("rpn_") and k != "rpn_sampler_args"}
-    return FasterRCNN(
+    adversary = ADVERSARIES[cfg["adversary"]]
+    detector: type[FasterRCNN] = FasterRCNN
+    extra: dict[str, Any] = {}
+    if adversary is not None:
+        constructor, defaults = adversary
+        detector = AFastRCNN
+        extra = {
+            "adversary": constructor(neck.out_channels, ROI_POOL_SIZE, **{**defaults, **cfg["adversary_args"]}),
+            "pretrain_start": cfg["adversary_pretrain_start"],
+            "joint_start": cfg["adversary_joint_start"],
+        }
+    return detector(
         num_classes,
         backbone,
         neck,
@@ -391,4 +467,5 @@ def _faster_rcnn(cfg: dict[str, Any], num_classes: int, backbone: nn.Module, nec
         nms_iou=cfg["nms_iou"],
         max_detections=cfg["max_dets"],
         **rpn,
+        **extra,
     )

@@ -3,7 +3,7 @@
 A configuration is a plain nested dict with three sections, each readable alone:
 
 - ``model``: what ``balancedet.engine.build.build_model`` turns into a detector (``type``:
-  ``retinanet`` or ``gfl``, the backbone, the neck, the remedy: classification/box loss, sampler,
+  ``retinanet``, ``gfl`` or ``faster_rcnn``, the backbone, the neck, the remedy: classification/box loss, sampler,
   and their arguments ``cls_loss_args``, ``box_loss_args``, ``sampler_args``, ``assigner_args``);
   the keys are those of the chosen type (``balancedet.engine.build.MODEL_KEYS``);
 - ``data``: the dataset (a YAML file or ``digits``) and the input size;

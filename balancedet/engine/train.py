@@ -236,8 +236,8 @@ def learning_rate(step: int, cfg: dict[str, Any], total_steps: int) -> float:
     ``m * steps_per_epoch`` for a schedule counted in epochs, the same share of a schedule fitted to
     a time budget (``train.schedule: time``)."""
     lr = cfg["lr"]
-    # A warm-up shortened to a tenth of a 377-step run (37 steps) made gfl_digits diverge at step ~95;
-    # the quarter only binds on runs too short for the preset's warm-up.
+    # The quarter only binds on runs too short for the preset's tuned warm-up (100 steps for the digits
+    # presets: below 400 steps); a tenth would shorten it on every run under 1,000 steps.
     warmup = min(cfg["warmup_iters"], total_steps // 4) if cfg["schedule"] == "time" else cfg["warmup_iters"]
     if step < warmup:
         alpha = step / max(1, warmup)

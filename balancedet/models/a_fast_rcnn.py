@@ -23,7 +23,9 @@ The training loss dict is Faster R-CNN's plus ``loss_asdn`` in every stage (0 in
 columns do not change mid-run. Evaluation never runs ASDN: detections are Faster R-CNN's.
 
 The detector is ``FasterRCNN`` unchanged; ASDN reaches the pooled RoI features through the RoI head's
-``feature_transform`` hook (training only). Where this differs from the authors' setting, and why:
+``feature_transform`` hook (training only), on the RoIs that train: the sampled ones, or with an OHEM
+sampler the hard ones that its gradient-free ranking pass chose on the clean features (the authors sample
+at random; ``balancedet.models.roi_head``). Where this differs from the authors' setting, and why:
 
 - Their detector is Fast R-CNN on VGG16 (conv5_3, RoI pooling 7x7, selective-search proposals); here the
   RoIs come from the RPN and are RoIAlign-ed from their FPN level, the same ``d = 7`` map. In stage 2 the

@@ -10,7 +10,7 @@ sampling and loss weighting, and no learnable parameters. Each part is a constru
 R-CNN (Pang et al., CVPR 2019, arXiv 1904.02701) is this model with ``roi_sampler=libra_sampler()``, a
 neck with the Balanced Feature Pyramid and ``box_loss=BalancedL1Loss(beta=1.0)``; OHEM (Shrivastava et
 al., CVPR 2016) is ``roi_sampler=OHEMSampler(64, mode="budget", nms_iou=0.7)``
-(``balancedet.models.roi_head`` explains the single masked pass). The papers' settings per place are in
+(``balancedet.models.roi_head`` explains its two passes). The papers' settings per place are in
 ``balancedet.engine.build``.
 """
 
@@ -30,10 +30,13 @@ from balancedet.models.roi_head import ROI_STDS, BoxHead, FastRCNNCriterion, RoI
 from balancedet.models.rpn import RPN, RPN_RATIOS, RPN_SIZES, RPN_STRIDES, RPNCriterion, RPNHead
 from balancedet.samplers import Candidates, Sample
 
-__all__ = ["FasterRCNN", "ROI_LEVELS"]
+__all__ = ["FasterRCNN", "ROI_LEVELS", "ROI_POOL_SIZE"]
 
 #: The RoI head pools from P2-P5; P6 serves the RPN only (FPN paper, sec. 4.2).
 ROI_LEVELS = 4
+#: The default box head pools 7x7 RoIAlign features (FPN paper, sec. 4.2; Detectron's FPN configs,
+#: ``FAST_RCNN.ROI_XFORM_RESOLUTION: 7``).
+ROI_POOL_SIZE = 7
 
 
 class FasterRCNN(nn.Module):
@@ -51,7 +54,7 @@ class FasterRCNN(nn.Module):
             IoU 0.7 / 0.3 with low-quality matches, 256 anchors at half positive).
         rpn_pre_nms_top_n_train, rpn_pre_nms_top_n_test, rpn_post_nms_top_n_train, rpn_post_nms_top_n_test,
             rpn_nms_iou: ``RPN``'s (2000 / 1000 per level, 1000 / 1000 per image, 0.7).
-        box_head: default ``BoxHead(neck.out_channels, K, 7, representation_size)``.
+        box_head: default ``BoxHead(neck.out_channels, K, ROI_POOL_SIZE, representation_size)``, 7x7.
         representation_size: the 2-fc head's width (1024).
         roi_sampler, roi_assigner, cls_loss, box_loss, add_gt_as_proposals: ``FastRCNNCriterion``'s (512 RoIs
             at a quarter foreground, IoU 0.5, CE, smooth L1 beta 1, ground truth added).
@@ -116,7 +119,7 @@ class FasterRCNN(nn.Module):
             rpn_nms_iou,
         )
         if box_head is None:
-            box_head = BoxHead(self.neck.out_channels, num_classes, 7, representation_size)
+            box_head = BoxHead(self.neck.out_channels, num_classes, ROI_POOL_SIZE, representation_size)
         coder = box_coder if box_coder is not None else DeltaXYWHCoder(stds=ROI_STDS)
         criterion = FastRCNNCriterion(
             num_classes, coder, cls_loss, box_loss, roi_assigner, roi_sampler, add_gt_as_proposals

@@ -10,6 +10,8 @@ from balancedet import losses
 from balancedet.assign import ATSSAssigner, MaxIoUAssigner
 from balancedet.engine.build import MODEL_KEYS, REMEDIES, build_model, build_remedies, resolve_model_config
 from balancedet.engine.config import load_config
+from balancedet.models.a_fast_rcnn import AFastRCNN
+from balancedet.models.faster_rcnn import FasterRCNN
 from balancedet.samplers import (
     HardNegativeMiner,
     InstanceBalancedPosSampler,
@@ -41,6 +43,14 @@ def retinanet(**keys):
 
 def gfl(**keys):
     return {"type": "gfl", **TINY, "octave_base_scale": 4, **keys}
+
+
+def faster_rcnn(**keys):
+    return {
+        "type": "faster_rcnn",
+        **{k: TINY[k] for k in ("backbone", "norm", "frozen_stages", "fpn_channels")},
+        **keys,
+    }
 
 
 def combinations():
@@ -165,6 +175,20 @@ def test_a_sampler_changes_what_the_losses_see():
         (gfl(assigner_args={"pos_iou": 0.5}), r"model.assigner_args: unknown argument\(s\) pos_iou"),
         (retinanet(cls_loss_args=[0.5]), r"model.cls_loss_args must be a mapping"),
         ({"type": "fcos"}, r"model.type='fcos': expected one of retinanet, gfl"),
+        (faster_rcnn(adversary="astn"), r"model.adversary='astn' is not available \(choices: null, asdn\)"),
+        (faster_rcnn(adversary_args={"hidden_channels": 8}), r"model.adversary_args given without a model.adversary"),
+        (faster_rcnn(adversary_joint_start=0.5), r"model.adversary_joint_start given without a model.adversary"),
+        (
+            faster_rcnn(adversary="asdn", adversary_args={"hidden": 8}),
+            r"model.adversary_args \(adversary=asdn\): unknown argument\(s\) hidden",
+        ),
+        (faster_rcnn(adversary="asdn", adversary_args={"in_channels": 16}), r"model.adversary_args.in_channels is the"),
+        (faster_rcnn(adversary="asdn", adversary_args={"pool_size": 14}), r"model.adversary_args.pool_size is the"),
+        (
+            faster_rcnn(adversary="asdn", adversary_pretrain_start=0.5, adversary_joint_start=0.2),
+            r"need 0 <= model.adversary_pretrain_start <= model.adversary_joint_start <= 1",
+        ),
+        (retinanet(adversary="asdn"), r"model.adversary not used by model type 'retinanet'"),
     ],
 )
 def test_invalid_configurations_raise_naming_the_key(cfg, message):
@@ -193,6 +217,49 @@ def test_arguments_reach_the_parts_from_the_command_line():
     config = load_config("gfl_digits", ["model.assigner_args.topk=5", "model.cls_loss_args.beta=1e-0"])
     parts = build_remedies(config["model"])
     assert parts["assigner"].topk == 5 and parts["cls_loss"].beta == 1.0
+
+
+def test_an_adversary_builds_a_fast_rcnn_on_the_models_channels():
+    plain = build_model(faster_rcnn(), 3)
+    assert type(plain) is FasterRCNN and not hasattr(plain, "adversary")
+    cfg = faster_rcnn(
+        adversary="asdn",
+        adversary_args={"hidden_channels": 8, "num_convs": 2, "unmasked_every": 0},
+        adversary_pretrain_start=0.2,
+        adversary_joint_start=0.6,
+    )
+    model = build_model(cfg, 3)
+    assert isinstance(model, AFastRCNN) and (model.pretrain_start, model.joint_start) == (0.2, 0.6)
+    convs = [m for m in model.adversary.layers if isinstance(m, torch.nn.Conv2d)]
+    # in_channels from the FPN (16 here), pool_size from the box head (7)
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(16, 8), (8, 8), (8, 1)]
+    assert model.adversary.pool_size == model.roi_head.box_head.pool_size == 7
+    assert model.adversary.unmasked_every == 0 and model.adversary.num_drop == 15
+    # every stage trains (the adversary adds loss_asdn, 0 in stage 1)
+    images = torch.randn(2, 3, 64, 64)
+    targets = [
+        {"boxes": torch.tensor([[8.0, 10.0, 40.0, 44.0]]), "labels": torch.tensor([2])},
+        {"boxes": torch.tensor([[20.0, 20.0, 52.0, 60.0]]), "labels": torch.tensor([1])},
+    ]
+    for fraction, stage in ((0.1, 1), (0.4, 2), (0.8, 3)):
+        model.set_progress(fraction)
+        assert model.stage == stage
+        losses = model.train()(images, targets)
+        assert "loss_asdn" in losses and all(torch.isfinite(v) for v in losses.values())
+
+
+def test_a_fast_rcnn_stages_default_to_the_authors_iterations():
+    # Wang et al. (arXiv 1704.03414), sec. 3.1, and the authors' scripts (github.com/xiaolonw/adversarial-frcnn,
+    # experiments/scripts/): fast_rcnn_std.sh 10K iterations, fast_rcnn_adv_pretrain.sh 25K, fast_rcnn_adv.sh
+    # 40K: ASDN pre-training from 10/75 of the run, joint training from 35/75.
+    keys = MODEL_KEYS["faster_rcnn"]
+    assert keys["adversary"] is None and keys["adversary_args"] == {}
+    assert keys["adversary_pretrain_start"] == pytest.approx(10 / 75)
+    assert keys["adversary_joint_start"] == pytest.approx(35 / 75)
+    model = build_model(faster_rcnn(adversary="asdn"), 3)
+    assert (model.pretrain_start, model.joint_start) == pytest.approx((10 / 75, 35 / 75))
+    # ASDN's own defaults are the authors' (hidden 256 on VGG16's conv5_3)
+    assert model.adversary.layers[0].out_channels == 256
 
 
 def test_every_model_key_is_documented_by_a_default():

@@ -1,5 +1,5 @@
-"""The two-stage presets: OHEM and Libra R-CNN on the digits scenes, Faster R-CNN and Libra R-CNN with the
-papers' 1x COCO settings. Every setting a preset takes from a paper or the authors' configuration is
+"""The two-stage presets: OHEM, Libra R-CNN and A-Fast-RCNN on the digits scenes, Faster R-CNN and Libra
+R-CNN with the papers' 1x COCO settings. Every setting a preset takes from a paper or the authors' configuration is
 checked here against its source (cited in each test), every preset builds, and the digits ones train a
 step and evaluate on a tiny 64-px split."""
 
@@ -11,11 +11,13 @@ from balancedet.engine.build import build_model
 from balancedet.engine.config import load_config
 from balancedet.engine.train import train
 from balancedet.losses import BalancedL1Loss, CrossEntropyLoss, SmoothL1Loss
+from balancedet.models.a_fast_rcnn import AFastRCNN
+from balancedet.models.asdn import ASDN
 from balancedet.models.bfp import NonLocal2d
 from balancedet.models.faster_rcnn import FasterRCNN
 from balancedet.samplers import InstanceBalancedPosSampler, IoUBalancedNegSampler, OHEMSampler, RandomSampler
 
-DIGITS = ("faster_rcnn_ohem_digits", "libra_rcnn_digits")
+DIGITS = ("faster_rcnn_ohem_digits", "libra_rcnn_digits", "a_fast_rcnn_digits")
 COCO = ("faster_rcnn_r50_fpn", "libra_rcnn_r50_fpn")
 #: The tiny run of tests/engine/conftest.py for the two-stage type (no head_channels / num_convs there):
 #: 16-channel FPN, a 32-wide 2-fc head, 64-px images, one step of all 24 training images.
@@ -30,6 +32,9 @@ TINY_TWO_STAGE = [
     "train.batch_size=24",
     "train.epochs=1",
     "train.eval_interval=1",
+    # a digits preset may fit its schedule to a wall-time budget; the tiny run counts epochs
+    "train.schedule=epochs",
+    "train.max_time=null",
 ]
 
 
@@ -80,6 +85,54 @@ def test_ohem_takes_64_rois_per_image_after_nms_07_without_a_foreground_fraction
     assert (sampler.num, sampler.mode, sampler.nms_iou) == (128 // 2, "budget", 0.7)
     # sec. 4.1: the loss of every RoI ranks them, so every RoI goes through the head
     assert criterion.needs_head_outputs and {"cls_loss", "boxes"} <= sampler.needs
+
+
+# ---- A-Fast-RCNN on the digits -----------------------------------------------------------------------------
+
+
+def test_the_a_fast_rcnn_preset_is_faster_rcnn_digits_with_an_asdn():
+    adversarial, base = load_config("a_fast_rcnn_digits"), load_config("faster_rcnn_digits")
+    assert _differences(adversarial, base) == {("model", "adversary"), ("model", "adversary_args")}
+    assert adversarial["model"]["adversary_args"] == {"hidden_channels": 64}
+
+
+def test_the_a_fast_rcnn_preset_builds_an_asdn_with_the_authors_rules_on_the_fpn():
+    # Wang et al., CVPR 2017 (arXiv 1704.03414), sec. 3.1, and the authors' code (github.com/xiaolonw/
+    # adversarial-frcnn): ASDN on the d x d = 7 x 7 pooled features, four 3x3 convolutions and a 1-channel
+    # one (train.prototxt conv6_mask-conv10_mask), 15 of the 20 most likely cells dropped (count_drop,
+    # permute_count), score_thres 0.1, one image in two clean (iter_size 2, maintain_before 1), joint
+    # loss_weight 0.0025. Hidden width 64 instead of 256: the preset's FPN has 64 channels.
+    model = _model("a_fast_rcnn_digits")
+    assert isinstance(model, AFastRCNN) and isinstance(model.adversary, ASDN)
+    asdn = model.adversary
+    convs = [m for m in asdn.layers if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(64, 64, (3, 3))] * 4 + [(64, 1, (3, 3))]
+    assert asdn.pool_size == model.roi_head.box_head.pool_size == 7
+    assert (asdn.window_size, asdn.window_stride, asdn.keep_negative) == (2, 2, 0.4)
+    assert (asdn.num_drop, asdn.num_candidates, asdn.score_thresh, asdn.unmasked_every) == (15, 20, 0.1, 2)
+    assert (asdn.pretrain_loss_weight, asdn.joint_loss_weight) == (1.0, 0.0025)
+    # the stages: the authors' fast_rcnn_std.sh (10K iterations), fast_rcnn_adv_pretrain.sh (25K) and
+    # fast_rcnn_adv.sh (40K), as fractions of their 75K
+    assert model.pretrain_start == pytest.approx(10 / 75) and model.joint_start == pytest.approx(35 / 75)
+
+
+@pytest.mark.parametrize(
+    "stages, stage",
+    [
+        (["model.adversary_pretrain_start=0", "model.adversary_joint_start=1"], 2),
+        (["model.adversary_pretrain_start=0", "model.adversary_joint_start=0"], 3),
+    ],
+    ids=["asdn-pretraining", "joint"],
+)
+def test_the_a_fast_rcnn_preset_trains_a_step_in_its_later_stages(stages, stage, tiny_data, tmp_path):
+    # the one tiny step starts at progress 0, i.e. in stage 1 with the preset's stages (the test above);
+    # moving the stages' starts to 0 trains that step in stage 2 or 3
+    config = load_config("a_fast_rcnn_digits", [f"data.dataset={tiny_data}", *TINY_TWO_STAGE, *stages])
+    assert build_model(config["model"], 10).stage == stage
+    result = train(config, output=tmp_path / str(stage), verbose=False)
+    assert result["stopped"] is None and {"AP", "AP50"} <= set(result["metrics"])
+    header = (result["output"] / "results.csv").read_text().splitlines()[0]
+    assert "loss_asdn" in header and "loss_cls" in header
 
 
 # ---- Libra R-CNN --------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """A-Fast-RCNN's ASDN: the pre-training target is the window of highest loss (a classifier that reads one
 window, and a brute-force loop over the box head), the pre-training loss's weighting, the joint mask
 (exactly the drop count, within the top candidates, positives of masked images only), gradients that
-reach ASDN only through its own loss, one training step per stage, and an evaluation that ignores ASDN."""
+reach ASDN only through its own loss, one training step per stage, ASDN on OHEM's selected RoIs only, and
+an evaluation that ignores ASDN."""
 
 import copy
 import math
@@ -24,7 +25,7 @@ from balancedet.models.asdn import (
 from balancedet.models.faster_rcnn import FasterRCNN
 from balancedet.models.roi_head import BoxHead, RoITargets
 from balancedet.models.rpn import RPN_STRIDES
-from balancedet.samplers import RandomSampler
+from balancedet.samplers import OHEMSampler, RandomSampler
 from tests.models.test_retinanet import batch
 
 NUM_CLASSES = 3
@@ -267,6 +268,34 @@ def test_one_training_step_per_stage(backbone, fraction, stage):
         assert model.roi_head.box_head.fc1.weight.grad.abs().sum() > 0
         assert model.backbone.layer1[0].conv1.weight.grad.abs().sum() > 0
         assert all(torch.isfinite(g).all() for g in detector if g is not None)
+
+
+@pytest.mark.parametrize("fraction, stage", [(0.3, 2), (0.9, 3)])
+def test_with_ohem_the_adversary_sees_the_selected_rois_only(backbone, fraction, stage):
+    # the RoI head ranks every RoI on its clean features (OHEM's read-only pass), then ASDN works on the
+    # 2 x 16 hard RoIs that train, as it would on a random sample in the authors' setting
+    torch.manual_seed(0)
+    trunk, neck = pyramid(backbone)
+    small = {**SMALL, "roi_sampler": OHEMSampler(16, mode="budget", nms_iou=0.7)}
+    model = AFastRCNN(NUM_CLASSES, trunk, neck, adversary=ASDN(16, hidden_channels=8), **small).train()
+    model.set_progress(fraction)
+    assert model.stage == stage
+    seen = []
+    transform = model.roi_head.feature_transform
+
+    def recording(pooled, targets, rows):
+        seen.append((pooled.shape[0], int(rows.sum())))
+        return transform(pooled, targets, rows)
+
+    model.roi_head.feature_transform = recording
+    images, targets = batch()
+    losses = model(images, targets)
+    assert set(losses) == LOSS_KEYS and all(torch.isfinite(v) for v in losses.values())
+    assert seen == [(32, 32)]
+    sum(losses.values()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.adversary.parameters())
+    fc1 = model.roi_head.box_head.fc1.weight.grad
+    assert fc1 is None if stage == 2 else fc1.abs().sum() > 0
 
 
 def test_evaluation_ignores_the_adversary(backbone):

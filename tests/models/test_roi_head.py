@@ -1,11 +1,13 @@
 """The RoI head: FPN eq. 1 level mapping by hand, RoI targets against a float64 reference, each RoI
 sampler's contract (random quota, OHEM's hardest after NMS, Libra's bins and instance quota, S-OHEM),
-gradient only through OHEM's RoIs, and Fast R-CNN inference."""
+OHEM's two passes (gradient only through the selected RoIs, the same loss and gradient as one masked
+pass), the feature transform in both paths, and Fast R-CNN inference."""
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.ops import roi_align
 
 from balancedet.losses.cross_entropy import CrossEntropyLoss
@@ -230,6 +232,145 @@ def test_ohem_gradient_flows_only_through_the_selected_rois():
     grad = pooled.grad.flatten(1).abs().sum(1)
     assert int(selected.sum()) == 32 and (sample.pos[rows] & selected).any()
     assert (grad[~selected] == 0).all() and (grad[selected] > 0).all()
+
+
+INPUT = (128, 128)
+
+
+def ohem_head(seed=3, num=16):
+    """A RoI head on 4-channel levels with OHEM (``num`` per image, NMS 0.7), and its levels for a 128-px batch.
+    The predictor's weights are widened from N(0, 0.01) / N(0, 0.001) so that the RoIs' losses are far apart
+    (no near-ties for the float64 reference to order differently)."""
+    torch.manual_seed(seed)
+    head = RoIHead(
+        BoxHead(4, NUM_CLASSES, 7, 32),
+        FastRCNNCriterion(NUM_CLASSES, sampler=OHEMSampler(num, mode="budget", nms_iou=0.7)),
+    )
+    torch.nn.init.normal_(head.box_head.cls_score.weight, std=0.5)
+    torch.nn.init.normal_(head.box_head.bbox_pred.weight, std=0.5)
+    levels = [torch.randn(2, 4, INPUT[0] // s, INPUT[1] // s, requires_grad=True) for s in (4, 8, 16, 32)]
+    return head.train(), levels
+
+
+class Calls:
+    """Records each call of the box head: its input, its outputs, and whether it ran with gradient."""
+
+    def __init__(self, module):
+        self.inputs, self.outputs, self.grad = [], [], []
+        module.register_forward_hook(self)
+
+    def __call__(self, module, args, outputs):
+        self.inputs.append(args[0])
+        self.outputs.append(outputs)
+        self.grad.append(torch.is_grad_enabled())
+
+
+def test_ohem_ranks_every_roi_without_gradient_then_trains_the_selected_only():
+    proposals, targets = ohem_case()
+    head, levels = ohem_head()
+    calls = Calls(head.box_head)
+    pooled_calls = []
+    pool = head.pool
+
+    def recording_pool(lv, boxes, size):
+        pooled_calls.append((boxes, pool(lv, boxes, size)))
+        return pooled_calls[-1][1]
+
+    head.pool = recording_pool
+    losses = head(levels, proposals, [INPUT] * 2, INPUT, targets)
+    roi = head.criterion.match(proposals, targets)
+    valid = roi.valid
+    # pass 1 (OHEM sec. 4, the read-only network): every valid RoI, no graph
+    assert len(calls.inputs) == 2 and calls.grad == [False, True]
+    assert calls.inputs[0].shape[0] == int(valid.sum()) and not calls.outputs[0][0].requires_grad
+    # the selected RoIs are the highest-loss ones after NMS at 0.7, per image, from pass 1's outputs
+    logits, reg = calls.outputs[0]
+    start, chosen = 0, []
+    for b in range(2):
+        count = int(valid[b].sum())
+        encoded = head.criterion.coder.encode(roi.boxes[b, :count], roi.target_boxes[b, :count]).double().tolist()
+        expected = reference_ohem(
+            roi.boxes[b, :count].double().tolist(),
+            roi.matched[b, :count].tolist(),
+            roi.labels[b, :count].tolist(),
+            encoded,
+            logits[start : start + count].double().tolist(),
+            reg[start : start + count].double().tolist(),
+            16,
+            0.7,
+        )
+        chosen.append(sorted(expected))
+        start += count
+    # pass 2: only those RoIs are pooled (again) and go forward and backward through the head
+    train_boxes, train_pooled = pooled_calls[1]
+    assert [b.tolist() for b in train_boxes] == [roi.boxes[b, chosen[b]].tolist() for b in range(2)]
+    assert calls.inputs[1] is train_pooled and train_pooled.shape[0] == 32 and train_pooled.requires_grad
+    assert not pooled_calls[0][1].requires_grad
+    train_pooled.retain_grad()
+    sum(losses.values()).backward()
+    assert (train_pooled.grad.flatten(1).abs().sum(1) > 0).all()
+    assert levels[0].grad.abs().sum() > 0  # the case's RoIs (20-30 px) all pool from P2
+
+
+def masked_one_pass(head, levels, proposals, targets):
+    """The masked single pass OHEM used to run, written out: every valid RoI through the head with gradient,
+    CE over the kept RoIs and smooth L1 (beta 1) over the kept foreground, both divided by the number kept."""
+    roi = head.criterion.match(proposals, targets)
+    rows = roi.valid
+    pooled = head.pool(levels, [b[r] for b, r in zip(roi.boxes, rows, strict=True)], INPUT)
+    logits, reg = head.box_head(pooled)
+    sample = head.criterion.sample(roi, rows, logits, reg)
+    keep, pos = sample.keep[rows].float(), sample.pos[rows].float()
+    labels = roi.labels[rows]
+    picked = reg[torch.arange(len(labels)), (labels - 1).clamp(min=0)]
+    encoded = head.criterion.coder.encode(roi.boxes[rows], roi.target_boxes[rows])
+    box = F.smooth_l1_loss(picked, encoded, beta=1.0, reduction="none").sum(1)
+    num = keep.sum()
+    loss_cls = (F.cross_entropy(logits, labels, reduction="none") * keep).sum() / num
+    return {"loss_cls": loss_cls, "loss_box": (box * pos).sum() / num}, sample
+
+
+def test_ohem_two_passes_give_the_masked_single_pass_loss_and_gradient():
+    proposals, targets = ohem_case()
+    head, levels = ohem_head()
+    losses = head(levels, proposals, [INPUT] * 2, INPUT, targets)
+    params = [levels[0], levels[1], *head.box_head.parameters()]
+    got = torch.autograd.grad(sum(losses.values()), params)
+    reference, sample = masked_one_pass(head, levels, proposals, targets)
+    assert int(sample.keep.sum()) == 32 and sample.pos.any()
+    for key in ("loss_cls", "loss_box"):
+        torch.testing.assert_close(losses[key], reference[key], rtol=1e-5, atol=1e-6)
+    expected = torch.autograd.grad(sum(reference.values()), params)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampler", ["random", "ohem"])
+def test_the_feature_transform_sees_the_rois_that_train(sampler):
+    # A-Fast-RCNN's hook: applied to the features the head trains on; OHEM ranks on the features as pooled
+    proposals, targets = ohem_case()
+    head, levels = ohem_head()
+    if sampler == "random":
+        head.criterion.sampler = RandomSampler(16, 0.25)
+    seen = []
+
+    def transform(pooled, roi_targets, rows):
+        seen.append((pooled.detach().clone(), rows.clone()))
+        return 2 * pooled, {"loss_extra": pooled.sum() * 0}
+
+    head.feature_transform = transform
+    calls = Calls(head.box_head)
+    losses = head(levels, proposals, [INPUT] * 2, INPUT, targets)
+    assert set(losses) == {"loss_cls", "loss_box", "loss_extra"} and len(seen) == 1
+    pooled, rows = seen[0]
+    assert int(rows.sum()) == pooled.shape[0] == 32
+    torch.testing.assert_close(calls.inputs[-1], 2 * pooled)
+    if sampler == "ohem":
+        # the selection pass saw every valid RoI untransformed; the transform got the selected ones
+        roi = head.criterion.match(proposals, targets)
+        everything = calls.inputs[0]
+        assert everything.shape[0] == int(roi.valid.sum())
+        torch.testing.assert_close(everything[rows[roi.valid]], pooled)
 
 
 def test_sohem_with_the_ohem_schedule_is_ohem_without_nms():
