@@ -2,7 +2,8 @@
 
 ``train`` (the main job; with no arguments it trains the small GFL preset on the built-in
 digits scenes within 10 minutes), ``eval``, ``predict``, ``demo`` (what the losses do to a dense detector's
-imbalance) and ``bench losses|assign|detector``.
+imbalance), ``analyze`` (a dataset's and a checkpoint's imbalance, as a report), ``ablate`` (a grid or a
+study over seeds) and ``bench losses|assign|detector``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     train.add_argument("--output", help="run folder (default runs/train/exp, exp2, ... never overwritten)")
     train.add_argument("--resume", metavar="LAST_PT", help="continue a killed run from its weights/last.pt")
-    train.add_argument("--skip-bad", action="store_true", help="drop malformed annotation records with a warning")
+    train.add_argument("--skip-bad", action="store_true", help="drop bad records and images with a warning")
+    train.add_argument(
+        "--nproc", type=int, default=1, help="processes on this machine, started by torchrun (docs/distributed.md)"
+    )
 
     ev = sub.add_parser("eval", help="COCO AP of a checkpoint on a dataset split")
     ev.add_argument("--checkpoint", required=True)
@@ -61,6 +65,25 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--anchors", type=int, default=100_000)
     demo.add_argument("--positives", type=int, default=50)
 
+    ab = sub.add_parser("ablate", help="train a grid of settings, or a study of the papers' remedies, over seeds")
+    ab.add_argument("--config", help="preset name or YAML file that the --grid cells start from")
+    ab.add_argument(
+        "--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2", help="values to vary (repeat: product)"
+    )
+    ab.add_argument("--study", help="a preset study instead of --config/--grid, e.g. focal (engine/studies.py)")
+    ab.add_argument("--seeds", type=int, default=3, help="seeds per cell: train.seed = 0 .. N-1 (default 3)")
+    ab.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ab.add_argument("--output", help="ablation folder (default runs/ablate/<study or config>); a rerun resumes it")
+
+    an = sub.add_parser("analyze", help="class, box and anchor statistics; with --checkpoint, who takes the loss")
+    an.add_argument("--data", help="dataset YAML or 'digits' (default: the config's, or the checkpoint's)")
+    an.add_argument("--config", help=f"preset name or YAML file, as for train (default {DEFAULT_PRESET})")
+    an.add_argument("--checkpoint", help="a dense detector's weights: adds the loss, gradient and hard-negative parts")
+    an.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    an.add_argument("--output", help="folder (default runs/analyze/exp, exp2, ... never overwritten)")
+    an.add_argument("--device", default="auto")
+    an.add_argument("--max-images", type=int, help="analyse only the first N images of each split")
+
     bench = sub.add_parser("bench", help="benchmarks: " + ", ".join(BENCHMARKS), add_help=False)
     bench.add_argument("target", choices=sorted(BENCHMARKS))
     return parser
@@ -75,14 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        return _run(args)
+        return _run(args, argv)
     except ValueError as error:
         # Bad input (a malformed annotation, a typo in a key): one clear line, not a traceback.
         print(f"balancedet {args.command}: error: {error}", file=sys.stderr)
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     # Each command imports its module here, not at the top: torch, the models and the plotting
     # stack load only for the command that needs them, so ``balancedet --help`` answers at once.
     if args.command == "demo":
@@ -91,12 +114,20 @@ def _run(args: argparse.Namespace) -> int:
         return run_demo(args.anchors, args.positives)
     if args.command == "train":
         from balancedet.data.spec import BUILTIN
+        from balancedet.engine import distributed
         from balancedet.engine.config import load_config
         from balancedet.engine.train import train
 
+        # --nproc N starts N copies of this command through torchrun, which then train together
+        started = distributed.torchrun_processes()
+        if args.nproc < 1 or (started is not None and args.nproc not in (1, started)):
+            raise ValueError(f"--nproc {args.nproc}: expected 1 or more, and torchrun's {started} under torchrun")
+        relaunch = args.nproc > 1 and started is None
         if args.resume:
             if args.data or args.config or args.overrides:
                 raise ValueError("--resume continues a run with its own configuration: drop --data/--config/--set")
+            if relaunch:
+                return distributed.launch(args.nproc, argv)
             train(None, resume=args.resume)
             return 0
         overrides = list(args.overrides)
@@ -107,18 +138,34 @@ def _run(args: argparse.Namespace) -> int:
         # The user's own data without a preset gets the recipe; the built-in digits keep their tuned preset.
         fit = args.data is not None and args.config is None and args.data not in BUILTIN
         config = load_config(args.config or (USER_DATA_PRESET if fit else DEFAULT_PRESET), overrides)
+        if relaunch:  # the configuration checked once here, a mistake reported in one line
+            from balancedet.engine.data import check_shards
+
+            check_shards(config["train"]["batch_size"], args.nproc)
+            return distributed.launch(args.nproc, argv)
         if fit:
             from balancedet.data import load_data_spec
             from balancedet.engine.recipe import explicit_keys, fit_recipe
 
             config, lines = fit_recipe(config, load_data_spec(args.data), explicit_keys(args.overrides))
-            print("\n".join(lines), flush=True)
+            if distributed.is_main():
+                print("\n".join(lines), flush=True)
         train(config, output=args.output)
+        return 0
+    if args.command == "ablate":
+        from balancedet.engine.ablate import run_ablation
+
+        run_ablation(args.config, args.grid, args.study, args.seeds, args.overrides, args.output)
         return 0
     if args.command == "eval":
         from balancedet.engine.evaluate import evaluate_checkpoint
 
         evaluate_checkpoint(args.checkpoint, args.data, args.split, args.output, args.device, args.batch_size)
+        return 0
+    if args.command == "analyze":
+        from balancedet.analysis.analyze import analyze
+
+        analyze(args.data, args.config, args.checkpoint, args.output, args.overrides, args.device, args.max_images)
         return 0
     if args.command == "predict":
         from balancedet.engine.predict import predict_images

@@ -24,6 +24,8 @@ __all__ = [
     "KIND_NAMES",
     "example_kinds",
     "kind_shares",
+    "kind_totals",
+    "shares_from_totals",
 ]
 
 EASY_POSITIVE, HARD_POSITIVE, EASY_NEGATIVE, HARD_NEGATIVE = 0, 1, 2, 3
@@ -54,15 +56,29 @@ def example_kinds(logits: Tensor, labels: Tensor, threshold: float = 0.5) -> Ten
     )
 
 
+def kind_totals(kinds: Tensor, losses: Tensor, weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(4,)`` int64 counts and ``(4,)`` float64 loss sums of the four kinds, over the examples with
+    ``weight > 0`` (all when ``weight`` is None): what ``kind_shares`` reports, as tensors a caller can
+    add up over batches before turning them into shares (``shares_from_totals``)."""
+    keep = torch.ones_like(losses, dtype=torch.bool) if weight is None else weight > 0
+    counts = torch.bincount(kinds[keep], minlength=4)
+    sums = torch.zeros(4, dtype=torch.float64, device=losses.device).index_add_(0, kinds[keep], losses[keep].double())
+    return counts, sums
+
+
+def shares_from_totals(counts: Tensor, sums: Tensor) -> dict[str, dict[str, float]]:
+    """``{"easy_pos": {"count": n, "share": s}, ...}`` from ``kind_totals``' counts and sums; the shares
+    sum to 1 (all 0 when the total loss is 0)."""
+    sums = sums.double()
+    total = sums.sum()
+    shares = sums / total if total > 0 else torch.zeros_like(sums)
+    return {name: {"count": int(counts[i]), "share": float(shares[i])} for i, name in enumerate(KIND_NAMES)}
+
+
 def kind_shares(kinds: Tensor, losses: Tensor, weight: Tensor | None = None) -> dict[str, dict[str, float]]:
     """Counts and loss shares of the four kinds: ``{"easy_pos": {"count": n, "share": s}, ...}``.
 
     ``losses``: ``(N,)`` each example's loss (summed over its classes); ``weight``: ``(N,)`` 0/1 of the
     examples that count (ignored anchors 0). Shares sum to 1 (all 0 when the total loss is 0).
     """
-    keep = torch.ones_like(losses, dtype=torch.bool) if weight is None else weight > 0
-    counts = torch.bincount(kinds[keep], minlength=4)
-    sums = torch.zeros(4, dtype=torch.float64, device=losses.device).index_add_(0, kinds[keep], losses[keep].double())
-    total = sums.sum()
-    shares = sums / total if total > 0 else torch.zeros_like(sums)
-    return {name: {"count": int(counts[i]), "share": float(shares[i])} for i, name in enumerate(KIND_NAMES)}
+    return shares_from_totals(*kind_totals(kinds, losses, weight))

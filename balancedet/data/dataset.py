@@ -1,7 +1,8 @@
 """The torch ``Dataset`` over records of any format, and their COCO-format ground truth.
 
-``DetectionDataset`` decodes an image, checks its size against the record, applies a
-``DetectionTransform`` and returns ``(image (3, h, w) float32, target)``; ``target`` holds
+``DetectionDataset`` decodes an image (``balancedet.data.images.read_image``: any mode to 8-bit RGB,
+as displayed), checks its size against the record, applies a ``DetectionTransform`` and returns
+``(image (3, h, w) float32, target)``; ``target`` holds
 
 - ``boxes (G, 4) float32`` xyxy in the resized image, the training targets (ignore regions excluded),
 - ``labels (G,) int64`` in ``0..C-1``,
@@ -12,25 +13,34 @@
 ``coco_ground_truth`` writes the records back as a COCO dict with the original image and category
 ids, so the COCO evaluator (faster-coco-eval) scores VOC, YOLO and digits exactly like COCO: ignore
 regions become ``iscrowd=1`` (never counted as missed, detections on them not counted as false).
+
+Bad images (``checked_dataset``, the way training and evaluation read a split): an evaluated split,
+or a training split of at most ``PREFLIGHT_MAX_IMAGES`` images, is decoded in full before it is used
+(``check_images``): a bad image is an error naming the file and the image id, or with ``skip_bad``
+is dropped with one warning and a count. Every evaluation decodes its whole split anyway, so its
+check costs less than one evaluation. A larger training split is checked as it trains: a bad image
+is replaced by the next good one of the split, with a warning naming it and the count so far, the
+same replacement each time it is met (a resumed run sees the same batches).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.transforms.v2 import functional as TF
 
-from balancedet.data.records import ImageRecord, RecordSet
+from balancedet.data.images import BadImageError, read_image
+from balancedet.data.records import BadRecordWarning, ImageRecord, RecordSet
 from balancedet.data.spec import DataSpec, load_data_spec
 from balancedet.data.transforms import DetectionTransform
+from balancedet.data.verify import PREFLIGHT_MAX_IMAGES, check_images
 
-__all__ = ["DetectionDataset", "build_dataset", "coco_ground_truth", "instance_counts"]
+__all__ = ["DetectionDataset", "build_dataset", "checked_dataset", "coco_ground_truth", "instance_counts"]
 
 
 class DetectionDataset(Dataset):
@@ -41,6 +51,9 @@ class DetectionDataset(Dataset):
         class_names: ``C`` names, label ``k`` = ``class_names[k]``.
         category_ids: ``C`` source category ids (for evaluation in the source's ids).
         transforms: a ``DetectionTransform``; ``None`` means no resize, no flip, only float + normalise.
+        replace_bad: an image that cannot be read (``BadImageError``) is replaced by the next readable
+            one of the records, wrapping around, with a ``BadRecordWarning``; ``replaced`` maps the index
+            of each bad image met in this process to its message. Off: the error is raised.
     """
 
     def __init__(
@@ -49,17 +62,23 @@ class DetectionDataset(Dataset):
         class_names: Sequence[str],
         category_ids: Sequence[int],
         transforms: DetectionTransform | None = None,
+        replace_bad: bool = False,
     ) -> None:
         if len(class_names) != len(category_ids):
             raise ValueError(f"{len(class_names)} class names but {len(category_ids)} category ids")
-        self.records = list(records)
+        # a Sequence is kept as it is: PackedRecords makes each record when it is read
+        self.records = records if isinstance(records, Sequence) else list(records)
         self.class_names = list(class_names)
         self.category_ids = list(category_ids)
         self.transforms = transforms if transforms is not None else DetectionTransform(train=False, min_size=None)
+        self.replace_bad = replace_bad
+        self.replaced: dict[int, str] = {}
 
     @classmethod
-    def from_record_set(cls, record_set: RecordSet, transforms: DetectionTransform | None = None) -> DetectionDataset:
-        return cls(record_set.records, record_set.class_names, record_set.category_ids, transforms)
+    def from_record_set(
+        cls, record_set: RecordSet, transforms: DetectionTransform | None = None, replace_bad: bool = False
+    ) -> DetectionDataset:
+        return cls(record_set.records, record_set.class_names, record_set.category_ids, transforms, replace_bad)
 
     @property
     def num_classes(self) -> int:
@@ -69,14 +88,28 @@ class DetectionDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict]:
-        record = self.records[index]
-        with Image.open(record.file) as image:
-            if image.size != (record.width, record.height):
-                raise ValueError(
-                    f"{record.file}: image id {record.image_id}: the image is {image.size[0]}x{image.size[1]} "
-                    f"but its annotation says {record.width}x{record.height}"
+        if not self.replace_bad:
+            return self._item(index)
+        count = len(self.records)
+        for step in range(count):
+            candidate = (index + step) % count
+            if candidate in self.replaced:
+                continue
+            try:
+                return self._item(candidate)
+            except BadImageError as error:
+                self.replaced[candidate] = str(error)
+                warnings.warn(
+                    f"{error}; skipped, the next image of the split is trained on in its place "
+                    f"({len(self.replaced)} bad image(s) met so far)",
+                    BadRecordWarning,
+                    stacklevel=2,
                 )
-            pixels = TF.pil_to_tensor(image.convert("RGB"))
+        raise ValueError(f"none of the {count} images can be read: {next(iter(self.replaced.values()))}")
+
+    def _item(self, index: int) -> tuple[Tensor, dict]:
+        record = self.records[index]
+        pixels = read_image(record.file, record.image_id, size=(record.width, record.height))
         ignore = torch.from_numpy(record.ignore)
         out = self.transforms(pixels, torch.from_numpy(record.boxes), torch.from_numpy(record.labels), ignore)
         height, width = out["image"].shape[-2:]
@@ -144,6 +177,23 @@ def instance_counts(records: Sequence[ImageRecord], num_classes: int) -> np.ndar
     return np.bincount(flat, minlength=num_classes)
 
 
+def checked_dataset(
+    record_set: RecordSet, transforms: DetectionTransform, *, source: Path | str, train: bool, skip_bad: bool
+) -> DetectionDataset:
+    """A split as training and evaluation read it, its bad images found first (see the module docstring).
+
+    Args:
+        record_set: the split's records.
+        transforms: its transforms.
+        source: its annotations, named by the warnings.
+        train: a training split (only those larger than ``PREFLIGHT_MAX_IMAGES`` go unchecked).
+        skip_bad: drop the bad images found by the check with one warning instead of raising.
+    """
+    if train and len(record_set.records) > PREFLIGHT_MAX_IMAGES:
+        return DetectionDataset.from_record_set(record_set, transforms, replace_bad=True)
+    return DetectionDataset.from_record_set(check_images(record_set, source, skip_bad=skip_bad), transforms)
+
+
 def build_dataset(
     spec: DataSpec | str | Path,
     split: str,
@@ -160,9 +210,10 @@ def build_dataset(
         split: ``"train"``, ``"val"`` (or another split the YAML names).
         train: random horizontal flip on (training) or off (evaluation).
         min_size, max_size: the resize of ``DetectionTransform``.
-        skip_bad: drop malformed records with a warning instead of raising.
+        skip_bad: drop malformed records and bad images with a warning instead of raising.
     """
     if not isinstance(spec, DataSpec):
         spec = load_data_spec(spec)
     transforms = DetectionTransform(train=train, min_size=min_size, max_size=max_size)
-    return DetectionDataset.from_record_set(spec.load(split, skip_bad=skip_bad), transforms)
+    records = spec.load(split, skip_bad=skip_bad)
+    return checked_dataset(records, transforms, source=spec.split(split).annotations, train=train, skip_bad=skip_bad)

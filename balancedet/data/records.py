@@ -1,30 +1,38 @@
 """The record every loader produces, and the bookkeeping of malformed records.
 
 COCO json, Pascal VOC xml, YOLO txt and the built-in digits scenes all become a ``RecordSet``:
-a list of ``ImageRecord`` (boxes as ``xyxy`` pixels, labels contiguous in ``0..C-1``), the class
+a sequence of ``ImageRecord`` (boxes as ``xyxy`` pixels, labels contiguous in ``0..C-1``), the class
 names, and ``category_ids`` mapping each contiguous label back to the source's category id
 (COCO's own ids; ``1..C`` for VOC and YOLO), so that evaluation treats every format like COCO.
 
 A malformed record raises ``ValueError`` naming the file and the record. With ``skip_bad=True``
 the loader drops it instead, and emits one ``BadRecordWarning`` with the count and the first few
 messages; the dropped messages stay in ``RecordSet.skipped``.
+
+A large split keeps its records as flat arrays (``PackedRecords``, what ``load_coco`` returns):
+100,000 ``ImageRecord`` objects of five small arrays each would take ~100 MB and a second to make,
+where the arrays take a few bytes per box and each record is made when it is read.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import overload
 
 import numpy as np
-from PIL import Image
+
+from balancedet.data.images import image_size
 
 __all__ = [
     "BOX_TOLERANCE",
     "IMAGE_EXTENSIONS",
     "BadRecordWarning",
     "ImageRecord",
+    "PackedRecords",
     "RecordSet",
 ]
 
@@ -73,18 +81,81 @@ class ImageRecord:
         return int(self.labels.shape[0])
 
 
+class PackedRecords(Sequence[ImageRecord]):
+    """The ``ImageRecord``s of a split as flat arrays; ``records[i]`` makes record ``i`` (its arrays
+    are copies, as independent as those of a record made alone).
+
+    Args:
+        files, widths, heights, image_ids: ``N`` of each, per image.
+        starts: ``(N + 1,)`` int64: image ``i``'s boxes are rows ``starts[i]:starts[i + 1]`` of the
+            per-box arrays.
+        boxes: ``(M, 4)`` float32 xyxy; ``labels``: ``(M,)`` int64; ``iscrowd``, ``difficult``: ``(M,)``
+            bool; ``areas``: ``(M,)`` float32; the fields of ``ImageRecord``.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[Path | str],
+        widths: Sequence[int],
+        heights: Sequence[int],
+        image_ids: Sequence[int],
+        starts: np.ndarray,
+        boxes: np.ndarray,
+        labels: np.ndarray,
+        iscrowd: np.ndarray,
+        difficult: np.ndarray,
+        areas: np.ndarray,
+    ) -> None:
+        count, total = len(files), len(labels)
+        if len(widths) != count or len(heights) != count or len(image_ids) != count or len(starts) != count + 1:
+            raise ValueError(f"PackedRecords: {count} files but per-image arrays of other lengths")
+        if any(len(v) != total for v in (boxes, iscrowd, difficult, areas)) or int(starts[-1]) != total:
+            raise ValueError(f"PackedRecords: {total} labels but per-box arrays of other lengths")
+        self.files, self.widths, self.heights = list(files), list(widths), list(heights)
+        self.image_ids, self.starts = list(image_ids), starts
+        self.boxes, self.labels, self.iscrowd, self.difficult, self.areas = boxes, labels, iscrowd, difficult, areas
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @overload
+    def __getitem__(self, index: int) -> ImageRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[ImageRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> ImageRecord | list[ImageRecord]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"record {index} of {len(self)}")
+        index %= len(self)
+        rows = slice(int(self.starts[index]), int(self.starts[index + 1]))
+        return ImageRecord(
+            file=Path(self.files[index]),
+            width=self.widths[index],
+            height=self.heights[index],
+            image_id=self.image_ids[index],
+            boxes=self.boxes[rows].copy(),
+            labels=self.labels[rows].copy(),
+            iscrowd=self.iscrowd[rows].copy(),
+            difficult=self.difficult[rows].copy(),
+            areas=self.areas[rows].copy(),
+        )
+
+
 @dataclass(frozen=True)
 class RecordSet:
     """The records of one split, with the class names and ids they refer to.
 
     Attributes:
-        records: one ``ImageRecord`` per image kept, in the loader's order.
+        records: one ``ImageRecord`` per image kept, in the loader's order (a list, or ``PackedRecords``).
         class_names: ``C`` names; label ``k`` is ``class_names[k]``.
         category_ids: ``C`` source category ids; label ``k`` is category ``category_ids[k]``.
         skipped: messages of the malformed records dropped under ``skip_bad=True``.
     """
 
-    records: list[ImageRecord]
+    records: Sequence[ImageRecord]
     class_names: list[str]
     category_ids: list[int]
     skipped: tuple[str, ...] = field(default=())
@@ -155,9 +226,9 @@ def check_xyxy(
 
 
 def read_image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the image header (PIL opens lazily: the pixels are not decoded)."""
-    with Image.open(path) as image:
-        return image.size
+    """``(width, height)`` from the image header (the pixels are not decoded), as displayed: EXIF
+    orientation applied, as ``balancedet.data.images.read_image`` reads the pixels."""
+    return image_size(path)
 
 
 def find_image(directory: Path, stem: str) -> Path | None:

@@ -28,7 +28,8 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from balancedet.data import DetectionDataset
-from balancedet.engine.checkpoint import rng_state, save_atomic, set_rng_state
+from balancedet.engine import distributed
+from balancedet.engine.checkpoint import remove_temporaries, save_atomic
 from balancedet.engine.data import eval_loader
 from balancedet.engine.evaluate import per_class_table, summary_line, write_eval_artifacts, write_metrics_json
 from balancedet.engine.plots import plot_results
@@ -44,9 +45,12 @@ class TrainState:
 
     Updated as it goes: ``step`` (optimiser steps done, over all runs of a resumed training),
     ``epoch`` (0-based, the one in progress), ``lr`` and ``losses`` (of the last step, floats),
-    ``sums``/``sum_steps`` (loss sums over the steps since the last row, and their count),
+    ``sums``/``sum_steps`` (loss sums, and the diagnostics' sums, over the steps since the last row,
+    and their count),
     ``rows`` (one per epoch: ``results.csv``), ``best_ap``, ``report``/``predictions`` (the latest
-    evaluation, at step ``report_step``), ``stop`` (why the run ends early, or None).
+    evaluation, at step ``report_step``), ``stop`` (why the run ends early, or None),
+    ``skipped``/``skipped_total``/``bad_streak`` (steps skipped for a NaN or infinite loss since the
+    last row, over the run, and in a row up to the last step: > 0 iff the last step was skipped).
     """
 
     config: dict[str, Any]
@@ -76,6 +80,10 @@ class TrainState:
     plan_fixed: bool = False
     plan_note: str | None = None
     final_reserve: float = 0.0
+    skipped: int = 0
+    skipped_total: int = 0
+    bad_streak: int = 0
+    ddp: torch.nn.Module | None = None  # the DDP wrapper of ``model`` that a distributed step calls
 
     @property
     def evaluated(self) -> bool:
@@ -108,7 +116,10 @@ class TrainState:
             "best_ap": self.best_ap,
             "epoch_sums": self.sums,
             "epoch_steps": self.sum_steps,
-            "rng": rng_state(),
+            "skipped": self.skipped,
+            "skipped_total": self.skipped_total,
+            "bad_streak": self.bad_streak,
+            **distributed.rng_states(),  # every rank's: a collective call
         }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
@@ -120,7 +131,10 @@ class TrainState:
         if ckpt.get("plan_fixed"):  # the schedule fitted to a time budget, fixed before the kill
             self.total_steps, self.plan_fixed = ckpt["total_steps"], True
         self.sums, self.sum_steps = dict(ckpt["epoch_sums"]), ckpt["epoch_steps"]
-        set_rng_state(ckpt["rng"])
+        # a last.pt written before non-finite steps were skipped has none
+        self.skipped, self.skipped_total = ckpt.get("skipped", 0), ckpt.get("skipped_total", 0)
+        self.bad_streak = ckpt.get("bad_streak", 0)
+        distributed.restore_rng(ckpt)
 
 
 class Callback:
@@ -148,16 +162,43 @@ def fire(callbacks: list[Callback], hook: str, state: TrainState) -> None:
 
 
 def default_callbacks(config: dict[str, Any], verbose: bool) -> list[Callback]:
-    """What every run does: TensorBoard, ``results.csv``, checkpoints, the time limit, the console."""
+    """What every run does: TensorBoard, ``results.csv``, checkpoints, the time limit, the console, and
+    with ``train.diagnostics`` the imbalance diagnostics, first: their sums must be in ``state.sums``
+    before a checkpoint is written and their columns in the row before ``results.csv`` is."""
+    # imported here: the diagnostics' callback subclasses ``Callback``, defined above
+    from balancedet.engine.diagnostics import ImbalanceDiagnostics
+
+    if not distributed.is_main():
+        # the other ranks of a distributed run write nothing: their checkpoint calls give rank 0 their
+        # random states, and they follow rank 0's plan
+        return [CheckpointWriter(), RankSync()]
     callbacks: list[Callback] = [TensorBoardWriter(), ResultsWriter(), CheckpointWriter()]
     train = config["train"]
+    if train.get("diagnostics", True):  # a last.pt written before the key (resumed) lacks it
+        callbacks.insert(0, ImbalanceDiagnostics())
     if train["max_time"] is not None:
         # the plan is kept once the first decay is reached (1: no decay, revised to the end)
         share = min(train["milestones"]) / train["epochs"] if train["milestones"] else 1.0
         callbacks.append(TimeBudget(train["max_time"], train["schedule"] == "time", min(share, 1.0)))
     if verbose:
         callbacks.append(ProgressBar())
+    if distributed.get_world_size() > 1:
+        callbacks.append(RankSync())
     return callbacks
+
+
+class RankSync(Callback):
+    """In a distributed run, every rank takes rank 0's decisions after each hook (``train.max_time``'s stop,
+    the schedule fitted to it: ``distributed.share_plan``), so that all step, evaluate and stop together."""
+
+    def on_train_start(self, state: TrainState) -> None:
+        distributed.share_plan(state)
+
+    def on_step_end(self, state: TrainState) -> None:
+        distributed.share_plan(state)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        distributed.share_plan(state)
 
 
 class TimeBudget(Callback):
@@ -304,10 +345,15 @@ def write_results_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 class CheckpointWriter(Callback):
     """``weights/last.pt`` every ``train.checkpoint_interval`` steps, at every epoch's end and at the
-    end; ``weights/best.pt`` (weights and metrics only) on a new best AP. Both written atomically."""
+    end; ``weights/best.pt`` (weights and metrics only) on a new best AP. Both written atomically; at
+    the start, the temporary files of writes that a kill interrupted are removed."""
 
     def __init__(self) -> None:
         self.saved_step = -1
+
+    def on_train_start(self, state: TrainState) -> None:
+        if distributed.is_main():
+            remove_temporaries(state.output / "weights")
 
     def on_step_end(self, state: TrainState) -> None:
         # an epoch's last step is saved by on_epoch_end, after its row and evaluation
@@ -323,7 +369,9 @@ class CheckpointWriter(Callback):
             self.save_last(state)
 
     def save_last(self, state: TrainState) -> None:
-        save_atomic(state.checkpoint(), state.output / "weights" / "last.pt")
+        checkpoint = state.checkpoint()  # on every rank of a distributed run: it gathers their random states
+        if distributed.is_main():
+            save_atomic(checkpoint, state.output / "weights" / "last.pt")
         self.saved_step = state.step
 
     def save_best(self, state: TrainState) -> bool:
@@ -332,8 +380,9 @@ class CheckpointWriter(Callback):
         if not ap > state.best_ap:  # NaN (no evaluation, no ground truth) never counts as better
             return False
         state.best_ap = ap
-        best = {**state.meta(), "model": state.model.state_dict(), "metrics": state.report["metrics"]}
-        save_atomic(best, state.output / "weights" / "best.pt")
+        if distributed.is_main():
+            best = {**state.meta(), "model": state.model.state_dict(), "metrics": state.report["metrics"]}
+            save_atomic(best, state.output / "weights" / "best.pt")
         return True
 
 
@@ -365,6 +414,8 @@ class ProgressBar(Callback):
         self.bar.close()
         if state.stop is not None:
             print(f"stopped early: {state.stop}")
+        if state.skipped_total:
+            print(f"skipped {state.skipped_total} steps of a NaN or infinite loss (results.csv: skipped_steps)")
         print(per_class_table(state.report, state.train_set.class_names))
         print(f"final: {summary_line(state.report['metrics'])} ({state.elapsed():.0f} s this run)")
         print(f"results in {state.output}")

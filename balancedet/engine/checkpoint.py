@@ -6,12 +6,22 @@ gradient scaler, the position in the schedule (epoch, batch within the epoch, gl
 Python/NumPy/torch random states, the rows of ``results.csv`` so far and the best metric. It also
 holds the configuration and the dataset's class names, so that ``eval`` and ``predict`` rebuild
 the model from the file alone (``load_model``).
+
+A checkpoint is data, not code: it holds only tensors and plain Python values (numbers, strings,
+lists, tuples, dicts; the NumPy random state is stored as a tensor), and every load uses
+``torch.load(weights_only=True)``, so a file whose pickle would import or call anything (a class, a
+``__reduce__``) is refused before any of it runs. ``check_output`` finds an output folder that
+cannot be written, or that lacks the room for the checkpoints, before training starts.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
 import random
+import re
+import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,15 +34,26 @@ from balancedet.engine.build import build_model
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The Python, NumPy and torch (and CUDA) random states, as tensors and plain values only: NumPy's
+    own state holds an ``ndarray``, which ``torch.load(weights_only=True)`` refuses."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        # MT19937's 624 uint32 words, exact in int64 (torch's uint32 lacks most operations)
+        "numpy": {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos)},
+        "numpy_gauss": (int(has_gauss), float(gauss)),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """The inverse of ``rng_state``."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["name"], numpy["key"].numpy().astype(np.uint32), numpy["pos"], *state["numpy_gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -74,19 +95,79 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
     raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
 
 
+def remove_temporaries(folder: Path) -> None:
+    """Remove the temporary files ``.<name>.<random>.tmp`` in ``folder`` that a kill left behind in the
+    middle of ``save_atomic`` (or of ``check_writable``'s probe)."""
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by ``balancedet train``; clear errors for a missing or foreign file."""
+    """Read a checkpoint written by ``balancedet train``, as data only (``weights_only=True``); clear
+    errors for a missing, foreign or corrupt file, and for one whose pickle carries code."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {path}: no such file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch names the global the restricted unpickler refused; its advice (weights_only=False) is
+        # not repeated: that would run the code
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found is None:
+            raise ValueError(f"checkpoint {path}: cannot be read (not a torch file, or a corrupt one)") from None
+        raise ValueError(
+            f"checkpoint {path}: refused: its pickle imports {found.group(1)}, and balancedet reads checkpoints "
+            "as data only (tensors, numbers, strings, lists, dicts: torch.load with weights_only=True), so "
+            "nothing in it was run; balancedet train writes no code into a checkpoint"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - any other failure to read means "not a checkpoint"
         raise ValueError(f"checkpoint {path}: cannot be read ({type(error).__name__}: {error})") from error
     missing = [k for k in ("model", "config", "class_names") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ValueError(f"checkpoint {path}: not a balancedet checkpoint (missing {', '.join(missing)})")
     return ckpt
+
+
+def check_writable(folder: Path) -> None:
+    """``ValueError`` naming ``folder`` (created if missing) unless a file can be written there.
+
+    A probe file of one block is written, synced and removed: this finds a read-only file system, a
+    missing permission, a path under a regular file and a full disk (``ENOSPC`` at the write or the
+    sync) before the data is loaded, not at the first checkpoint."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = _create_temporary(folder / "write-probe")
+        try:
+            os.write(fd, bytes(4096))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            probe.unlink()
+    except OSError as error:
+        full = " (the disk is full)" if error.errno == errno.ENOSPC else ""
+        raise ValueError(f"output folder {folder}: cannot write there: {error.strerror or error}{full}") from None
+
+
+def check_room(folder: Path, model: nn.Module, optimizer: str) -> None:
+    """``ValueError`` naming ``folder`` if it has less free space than the run's checkpoints take at
+    their peak (``checkpoint_room``)."""
+    need, free = checkpoint_room(model, optimizer), shutil.disk_usage(folder).free
+    if free < need:
+        raise ValueError(
+            f"output folder {folder}: {free / 2**20:.1f} MiB free, the checkpoints need {need / 2**20:.1f} MiB "
+            "(weights/last.pt written beside the previous one, and best.pt)"
+        )
+
+
+def checkpoint_room(model: nn.Module, optimizer: str) -> int:
+    """Bytes the run's checkpoints take at their peak: two ``last.pt`` (a new one is written beside the
+    previous one, then replaces it), each the state dict plus the optimiser's state (SGD's momentum:
+    one tensor per trained parameter, AdamW's moments: two), and ``best.pt`` (the state dict)."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    slots = {"sgd": 1, "adamw": 2}[optimizer]
+    return 2 * (weights + slots * trained) + weights
 
 
 def load_model(checkpoint_path: str | Path, device: str | torch.device) -> tuple[nn.Module, dict[str, Any]]:

@@ -61,6 +61,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_time": None,  # seconds of this process's wall time, data and the final evaluation included
         "schedule": "epochs",  # or "time": the schedule is fitted to max_time (``TimeBudget``)
         "num_plot_batches": 3,  # val_batch{0,1,2}_{labels,pred}.jpg, as ultralytics
+        "max_bad_steps": 10,  # steps in a row of a NaN or infinite loss (each skipped) that stop the run
+        "diagnostics": True,  # the four kinds' loss shares and the foreground fraction per epoch (engine.diagnostics)
     },
 }
 

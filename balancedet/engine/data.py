@@ -5,7 +5,9 @@
 the only place it becomes the resize that ``balancedet predict`` applies too.
 
 The training batches are a function of (seed, epoch) and each image's augmentation a function of
-(seed, epoch, index), so a resumed run sees the very batches the interrupted one would have.
+(seed, epoch, index), so a resumed run sees the very batches the interrupted one would have. In a run
+of several processes (docs/distributed.md) ``train.batch_size`` is the global batch: each batch is the
+single-process one and rank ``r`` loads its ``r``-th part (``shard``), whatever the number of processes.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 from balancedet.data import DataSpec, DetectionCollate, DetectionDataset, DetectionTransform, load_data_spec
+from balancedet.data.dataset import checked_dataset
 
 
 def make_transform(data: dict[str, Any], train: bool) -> DetectionTransform:
@@ -28,7 +32,9 @@ def load_split(config: dict[str, Any], split: str, train: bool, spec: DataSpec |
     data = config["data"]
     spec = spec or load_data_spec(data["dataset"])
     records = spec.load(split, skip_bad=data["skip_bad"])
-    return DetectionDataset.from_record_set(records, make_transform(data, train))
+    # bad images are found here, before training, or replaced as met in a large training split
+    source = spec.split(split).annotations
+    return checked_dataset(records, make_transform(data, train), source=source, train=train, skip_bad=data["skip_bad"])
 
 
 def make_collate(config: dict[str, Any]) -> DetectionCollate:
@@ -74,9 +80,31 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[t
     return [[(epoch, i) for i in b] for b in batches]
 
 
+def check_shards(batch_size: int, world: int, num_images: int | None = None) -> None:
+    """``train.batch_size`` is the global batch: ``world`` processes need equal parts of it, none empty
+    (nor a part of a training split of ``num_images``, when given, smaller than one batch)."""
+    if batch_size % world:
+        raise ValueError(
+            f"train.batch_size={batch_size} is the global batch of the {world} processes: it must be a multiple "
+            f"of {world} (each process takes batch_size / {world} images)"
+        )
+    if num_images is not None and num_images < world:
+        raise ValueError(f"the training split has {num_images} images: too few for {world} processes")
+
+
+def shard(batch: list[Any], rank: int, world: int) -> list[Any]:
+    """Rank ``rank``'s part of a global ``batch``: the ``rank``-th of ``world`` contiguous parts (equal
+    when ``world`` divides the batch), so the parts in rank order are the batch itself."""
+    return batch[len(batch) * rank // world : len(batch) * (rank + 1) // world]
+
+
 def epoch_loader(dataset: Dataset, config: dict[str, Any], epoch: int, skip: int) -> DataLoader:
-    """Epoch ``epoch``'s training batches from its ``skip``-th on (a resumed run skips those done)."""
+    """Epoch ``epoch``'s training batches from its ``skip``-th on (a resumed run skips those done); in an
+    initialised process group, this rank's ``shard`` of each (the rank and size as torch's
+    ``DistributedSampler`` takes them)."""
     train = config["train"]
     batches = epoch_batches(len(dataset), train["batch_size"], train["seed"], epoch)[skip:]
+    if dist.is_available() and dist.is_initialized():
+        batches = [shard(b, dist.get_rank(), dist.get_world_size()) for b in batches]
     view = SeededView(dataset, train["seed"])
     return DataLoader(view, batch_sampler=batches, num_workers=train["workers"], collate_fn=make_collate(config))

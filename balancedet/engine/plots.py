@@ -18,29 +18,51 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from torchvision.utils import draw_bounding_boxes  # noqa: E402
 
+from balancedet.analysis.kinds import KIND_NAMES  # noqa: E402
+
 
 def plot_results(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    """``results.png``: every ``loss*`` column and every metric column of ``results.csv`` per epoch."""
+    """``results.png``: every ``loss*`` column and every metric column of ``results.csv`` per epoch, and
+    the imbalance diagnostics' panels (``diagnostics_panels``)."""
     if not rows:
         return
     epochs = [r["epoch"] for r in rows]
-    columns = [k for k in rows[0] if k.startswith("loss")] + [
-        k for k in rows[0] if k in ("AP", "AP50", "AP75", "AR100", "lr")
-    ]
-    cols = min(4, len(columns))
-    lines = -(-len(columns) // cols)
+    panels = [(k, {k: k}) for k in rows[0] if k.startswith("loss")]
+    panels += [(k, {k: k}) for k in rows[0] if k in ("AP", "AP50", "AP75", "AR100", "lr")]
+    panels += diagnostics_panels(rows[0])
+    cols = min(4, len(panels))
+    lines = -(-len(panels) // cols)
     fig, axes = plt.subplots(lines, cols, figsize=(3.2 * cols, 2.6 * lines), squeeze=False)
-    for ax, key in zip(axes.flat, columns, strict=False):
-        values = [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows]
-        ax.plot(epochs, values, marker="o", markersize=3)
-        ax.set_title(key)
+    for ax, (title, curves) in zip(axes.flat, panels, strict=False):
+        for key, label in curves.items():
+            values = [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows]
+            ax.plot(epochs, values, marker="o", markersize=3, label=label)
+        if len(curves) > 1:
+            ax.legend(fontsize=6)
+        ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(columns) :]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def diagnostics_panels(columns: Sequence[str]) -> list[tuple[str, dict[str, str]]]:
+    """``(title, {column: label})`` panels of the imbalance diagnostics' columns
+    (``balancedet.engine.diagnostics``): per criterion ``{name}``, its four ``{name}_{kind}_share``
+    curves together, then its ``{name}_fg_fraction``."""
+    panels = []
+    for key in columns:
+        if not key.endswith("_fg_fraction"):
+            continue
+        name = key.removesuffix("_fg_fraction")
+        shares = {f"{name}_{kind}_share": kind for kind in KIND_NAMES if f"{name}_{kind}_share" in columns}
+        if shares:
+            panels.append((f"{name} loss shares", shares))
+        panels.append((key, {key: key}))
+    return panels
 
 
 def plot_pr_curves(

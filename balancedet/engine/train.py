@@ -20,6 +20,12 @@ stops the run after the step that passes it: the partial epoch gets its row in `
 a full run. The budget is the process's: a resumed run gets ``max_time`` again and continues the
 schedule from the step it stopped at; the next row averages the steps since the partial one.
 
+A step whose loss is NaN or infinite is skipped with a warning and changes nothing but the step
+count (``train_step``); ``results.csv``'s ``skipped_steps`` counts them per row, ``last.pt`` over the
+run. ``train.max_bad_steps`` of them in a row (10) stop the run with ``NonFiniteLossError``, keeping
+the last checkpoint. Before the data is loaded, a probe file tells whether the run folder can be
+written; once the model is built, whether the disk has room for its checkpoints.
+
 The output folder follows ultralytics: ``args.yaml``, ``results.csv``, ``results.png``,
 ``PR_curve.png``, ``confusion_matrix.png``, ``val_batch*_labels.jpg``, ``val_batch*_pred.jpg``,
 ``weights/{best,last}.pt``, plus ``metrics.json`` (the final COCO metrics) and TensorBoard event files.
@@ -27,8 +33,10 @@ The output folder follows ultralytics: ``args.yaml``, ``results.csv``, ``results
 
 from __future__ import annotations
 
+import math
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,11 +46,12 @@ import torch
 import yaml
 
 from balancedet.data import load_data_spec
+from balancedet.engine import distributed
 from balancedet.engine.build import build_model
 from balancedet.engine.callbacks import Callback, TrainState, default_callbacks, fire
-from balancedet.engine.checkpoint import load_checkpoint
-from balancedet.engine.data import epoch_batches, epoch_loader, load_split
-from balancedet.engine.evaluate import evaluate_model
+from balancedet.engine.checkpoint import check_room, check_writable, load_checkpoint
+from balancedet.engine.config import DEFAULTS
+from balancedet.engine.data import check_shards, epoch_batches, epoch_loader, load_split
 from balancedet.engine.runtime import amp_dtype, cpu_name, increment_dir, resolve_device
 
 
@@ -54,13 +63,18 @@ def train(
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Train as ``config`` says; returns ``{"output": folder, "metrics": final COCO metrics,
-    "elapsed": seconds, "stopped": why the run ended early or None}``.
+    "elapsed": seconds, "stopped": why the run ended early or None, "skipped_steps": steps skipped for a
+    NaN or infinite loss, over all runs of a resumed training}``.
 
     ``resume`` is a ``last.pt``: the run continues in its folder with its configuration (``config``
     is then ignored). ``callbacks`` run after the default ones (``default_callbacks``); ``verbose``
     adds the progress bar and the printed summary.
+
+    Started by torchrun (``WORLD_SIZE > 1``), each process trains its shard of every batch and rank 0
+    writes (``balancedet.engine.distributed``, docs/distributed.md); every rank returns the same metrics.
     """
     start_time = time.perf_counter()
+    verbose = verbose and distributed.is_main()
     if verbose:
         print(run_line(config, resume), flush=True)
     state = setup(config, output, resume, start_time=start_time)
@@ -74,8 +88,15 @@ def train(
         fire(hooks, "on_train_end", state)
     finally:
         fire(hooks, "teardown", state)
+        distributed.close()
     metrics = state.report["metrics"]
-    return {"output": state.output, "metrics": metrics, "elapsed": state.elapsed(), "stopped": state.stop}
+    return {
+        "output": state.output,
+        "metrics": metrics,
+        "elapsed": state.elapsed(),
+        "stopped": state.stop,
+        "skipped_steps": state.skipped_total,
+    }
 
 
 def run_line(config: dict[str, Any] | None, resume: Path | str | None) -> str:
@@ -97,7 +118,8 @@ def run_line(config: dict[str, Any] | None, resume: Path | str | None) -> str:
 def setup(
     config: dict[str, Any] | None, output: Path | str | None, resume: Path | str | None, start_time: float
 ) -> TrainState:
-    """The run folder, the seeded model, optimiser and datasets; on resume, the checkpoint's state."""
+    """The run folder, the seeded model, optimiser and datasets; on resume, the checkpoint's state. In a
+    run of several processes: the process group joined, rank 0's run folder, the model in DDP."""
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
@@ -108,26 +130,33 @@ def setup(
                 "(best.pt holds weights only: resume from a weights/last.pt written by balancedet train)"
             )
         config, output = ckpt["config"], Path(resume).resolve().parent.parent
-    else:
-        output = increment_dir(Path(output or "runs/train/exp"))
-    (output / "weights").mkdir(parents=True, exist_ok=True)
     tcfg = config["train"]
     if tcfg["schedule"] not in ("epochs", "time"):
         raise ValueError(f"train.schedule={tcfg['schedule']!r}: expected epochs or time")
     if tcfg["schedule"] == "time" and tcfg["max_time"] is None:
         raise ValueError("train.schedule=time fits the schedule to train.max_time: set train.max_time (seconds)")
-    device = resolve_device(tcfg["device"])
+    device = distributed.init_process_group(resolve_device(tcfg["device"]))
+    if ckpt is None:
+        output = distributed.main_value(increment_dir(Path(output or "runs/train/exp")))
+    max_bad_steps(tcfg)
+    if distributed.is_main():
+        check_writable(output / "weights")  # before the data is loaded: a read-only or full disk fails now
     amp = amp_dtype(tcfg["amp"], device)
     seed = int(tcfg["seed"])
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-    spec = load_data_spec(config["data"]["dataset"])
-    train_set, val_set = load_split(config, "train", True, spec), load_split(config, "val", False, spec)
+    with distributed.local_main_first():  # the digits are generated once per node
+        spec = load_data_spec(config["data"]["dataset"])
+        train_set, val_set = load_split(config, "train", True, spec), load_split(config, "val", False, spec)
     if len(train_set) == 0:
         raise ValueError(f"dataset {config['data']['dataset']}: the training split has no images")
+    check_shards(tcfg["batch_size"], distributed.get_world_size(), len(train_set))
     model = build_model(config["model"], len(train_set.class_names)).to(device, memory_format=memory_format(tcfg))
+    if device.type == "cpu" and distributed.get_world_size() > 1:
+        model = distributed.cpu_sync_batchnorm(model)  # torch's SyncBatchNorm takes CUDA tensors only
+    distributed.seed_rank(seed)
     steps_per_epoch = len(epoch_batches(len(train_set), tcfg["batch_size"], seed, 0))
     state = TrainState(
         config=config,
@@ -143,10 +172,15 @@ def setup(
         total_steps=steps_per_epoch * tcfg["epochs"],
         start_time=start_time,
     )
+    if distributed.is_main():
+        check_room(output / "weights", model, tcfg["optimizer"])
     if ckpt is not None:
         state.restore(ckpt)
-    else:
+    elif distributed.is_main():
         (output / "args.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    # A-Fast-RCNN's stages leave the adversary, then the detector, without gradient
+    unused = config["model"].get("adversary") is not None
+    state.ddp = distributed.wrap(model, device, find_unused_parameters=unused)
     return state
 
 
@@ -164,7 +198,16 @@ def run_epoch(state: TrainState, callbacks: list[Callback]) -> None:
 
 
 def train_step(state: TrainState, images: torch.Tensor, targets: list[dict[str, Any]]) -> None:
-    """One optimiser step; sets ``state.lr``/``state.losses``, adds to the row's sums, counts the step."""
+    """One optimiser step; sets ``state.lr``/``state.losses``, adds to the row's sums, counts the step.
+
+    A step whose loss is NaN or infinite (on any rank) is skipped: no backward, no optimiser or
+    gradient-scaler step, and the model's buffers (BatchNorm statistics, GHM histograms, the
+    positive-count EMA) are put back as they were before its forward pass, so the weights and every
+    state a checkpoint holds stay those of the last good step. It still counts, as in mmdetection and
+    ultralytics: ``state.step`` advances, its batch is consumed and the learning rate moves on, so the
+    batch order, the schedule and a resume stay those of a run without the skip (``count_bad_step``
+    warns, counts and stops the run after ``train.max_bad_steps`` in a row).
+    """
     tcfg, device = state.config["train"], state.device
     state.lr = learning_rate(state.step, tcfg, state.total_steps)
     for group in state.optimizer.param_groups:
@@ -173,10 +216,23 @@ def train_step(state: TrainState, images: torch.Tensor, targets: list[dict[str, 
     state.model.set_progress(state.step / state.total_steps)
     images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format(tcfg))
     targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    network = state.model if state.ddp is None else state.ddp  # DDP averages the ranks' gradients
+    # put back if the loss is not finite: ~10,000 numbers (BatchNorm, loss modules) in the digits presets
+    buffers = {name: b.clone() for name, b in state.model.named_buffers()}
     with torch.autocast(device.type, dtype=state.amp, enabled=state.amp is not None):
-        losses = state.model(images, targets)
+        losses = network(images, targets)
     loss = sum(losses.values())
-    raise_if_not_finite(loss, losses, state.step)
+    # the whole batch's losses: the same on every rank, and so is the decision to skip
+    state.losses = distributed.mean_over_ranks(losses)
+    state.step += 1
+    if not math.isfinite(sum(state.losses.values())):
+        with torch.no_grad():
+            for name, b in state.model.named_buffers():
+                if name in buffers:
+                    b.copy_(buffers[name])
+        count_bad_step(state)
+        return
+    state.bad_streak = 0
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()
     if tcfg["grad_clip"]:
@@ -184,11 +240,48 @@ def train_step(state: TrainState, images: torch.Tensor, targets: list[dict[str, 
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), tcfg["grad_clip"])
     state.scaler.step(state.optimizer)
     state.scaler.update()
-    state.step += 1
-    state.losses = {k: float(v.detach()) for k, v in losses.items()}
     for k, v in state.losses.items():
         state.sums[k] = state.sums.get(k, 0.0) + v
     state.sum_steps += 1
+
+
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """``train.max_bad_steps`` steps in a row had a NaN or infinite loss. A ``FloatingPointError``, and a
+    ``ValueError`` so that the command line reports it in one line: the remedy is in the configuration."""
+
+
+def count_bad_step(state: TrainState) -> None:
+    """Count a skipped step (``state.skipped``, ``skipped_total``, ``bad_streak``) and warn with its loss
+    terms; raise ``NonFiniteLossError`` at ``train.max_bad_steps`` in a row. ``weights/last.pt`` then
+    holds the last checkpoint written before: skipped steps change no weights, and the failing step is
+    never saved."""
+    limit = max_bad_steps(state.config["train"])
+    state.skipped += 1
+    state.skipped_total += 1
+    state.bad_streak += 1
+    terms = ", ".join(f"{k}={v:.4g}" for k, v in state.losses.items())
+    if state.bad_streak >= limit:
+        last = state.output / "weights" / "last.pt"
+        kept = f"{last} keeps the last checkpoint before them" if last.is_file() else "no checkpoint was written"
+        raise NonFiniteLossError(
+            f"step {state.step}: the loss was NaN or infinite in {limit} steps in a row (train.max_bad_steps; last: "
+            f"{terms}); training stopped, {kept}: lower train.lr or set train.grad_clip"
+        )
+    if distributed.is_main():
+        warnings.warn(
+            f"step {state.step}: the loss is NaN or infinite ({terms}): the step is skipped, the weights are "
+            f"unchanged ({state.bad_streak} in a row; training stops at train.max_bad_steps={limit})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+
+def max_bad_steps(tcfg: dict[str, Any]) -> int:
+    """``train.max_bad_steps``, checked: a positive integer (the default for a ``last.pt`` without it)."""
+    limit = tcfg.get("max_bad_steps", DEFAULTS["train"]["max_bad_steps"])
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"train.max_bad_steps={limit!r}: expected a positive number of steps in a row")
+    return limit
 
 
 def memory_format(cfg: dict[str, Any]) -> torch.memory_format:
@@ -198,12 +291,6 @@ def memory_format(cfg: dict[str, Any]) -> torch.memory_format:
     return torch.channels_last if cfg["channels_last"] else torch.contiguous_format
 
 
-def raise_if_not_finite(loss: torch.Tensor, losses: dict[str, torch.Tensor], step: int) -> None:
-    if not torch.isfinite(loss):
-        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-        raise FloatingPointError(f"step {step}: loss is {float(loss)} ({terms}); lower train.lr or set train.grad_clip")
-
-
 def end_epoch(state: TrainState, callbacks: list[Callback]) -> None:
     """The epoch's row (mean losses since the last row, lr, metrics when evaluated, time), then
     ``on_epoch_end``. Evaluates every ``eval_interval`` epochs, after the last step and at a stop."""
@@ -211,7 +298,8 @@ def end_epoch(state: TrainState, callbacks: list[Callback]) -> None:
     row: dict[str, Any] = {"epoch": state.step // spe if complete else round(state.step / spe, 3)}
     row.update({k: v / state.sum_steps for k, v in state.sums.items()})
     row["lr"] = state.lr
-    state.sums, state.sum_steps = {}, 0
+    row["skipped_steps"] = state.skipped  # of a NaN or infinite loss (``train_step``)
+    state.sums, state.sum_steps, state.skipped = {}, 0, 0
     due = complete and (state.epoch + 1) % state.config["train"]["eval_interval"] == 0
     if due or state.step == state.total_steps or state.stop is not None:
         evaluate(state)
@@ -222,8 +310,11 @@ def end_epoch(state: TrainState, callbacks: list[Callback]) -> None:
 
 
 def evaluate(state: TrainState) -> None:
-    """COCO evaluation of the current weights on the validation split into ``state.report``."""
-    state.report, state.predictions = evaluate_model(state.model, state.val_set, state.config, state.device, state.amp)
+    """COCO evaluation of the current weights on the validation split into ``state.report``, sharded over
+    the processes of a distributed run (the metrics of one process)."""
+    state.report, state.predictions = distributed.evaluate_sharded(
+        state.model, state.val_set, state.config, state.device, state.amp
+    )
     state.report_step = state.step
 
 

@@ -25,16 +25,29 @@ Protocols a part follows (no detector asks ``isinstance`` of a part):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from balancedet.analysis.kinds import EASY_NEGATIVE, EASY_POSITIVE, HARD_NEGATIVE, HARD_POSITIVE
 from balancedet.models.batching import batch_images
 from balancedet.models.postprocess import detections_from_levels
 from balancedet.models.priors import PriorGenerator, Priors
 
-__all__ = ["DenseCriterion", "DenseDetector", "DensePostProcess", "call_loss", "check_num_classes"]
+__all__ = [
+    "DenseCriterion",
+    "DenseDetector",
+    "DensePostProcess",
+    "KindStats",
+    "call_loss",
+    "check_num_classes",
+    "element_losses",
+    "record_kinds",
+    "softmax_kinds",
+]
 
 
 def check_num_classes(num_classes: object, where: str) -> int:
@@ -53,18 +66,82 @@ def call_loss(
     return loss(pred, target, weight=weight, avg_factor=avg_factor)
 
 
+@dataclass
+class KindStats:
+    """One step's four kinds of examples (``balancedet.analysis.kinds``) in a criterion's classification
+    loss, detached, on the loss's device, in the order of ``KIND_NAMES``.
+
+    ``count (4,)`` float64: the examples of each kind that count (weight > 0: the non-ignored or sampled
+    anchors, the sampled RoIs). ``loss (4,)`` float64: each kind's part of the loss the step trained on
+    (the four add up to it), or None for a loss without an element-wise form (``element_losses``).
+    """
+
+    count: Tensor
+    loss: Tensor | None
+
+
+def element_losses(loss: Callable[..., Tensor], pred: Tensor, target, weight: Tensor) -> Tensor | None:
+    """``(N,)`` each example's loss summed over its classes: ``loss`` called again, on the detached
+    ``pred`` and with ``reduction="none"`` (on a shallow copy: the training call is left as it was), or
+    None when the loss has no ``reduction`` (GHM-C, whose weights come from its histogram)."""
+    if not hasattr(loss, "reduction"):
+        return None
+    elementwise = copy.copy(loss)
+    elementwise.reduction = "none"
+    with torch.no_grad():
+        out = elementwise(pred.detach(), target, weight=weight)
+    return out.reshape(pred.shape[0], -1).sum(1)
+
+
+def record_kinds(
+    loss: Callable[..., Tensor], pred: Tensor, target, weight: Tensor, trained: Tensor, kinds: Tensor
+) -> KindStats:
+    """``KindStats`` of a classification loss's call ``loss(pred, target, weight=weight, ...) = trained``;
+    ``kinds (N,)`` from ``example_kinds`` (sigmoid heads) or ``softmax_kinds``.
+
+    The element-wise losses are summed per kind and scaled so that the four parts add up to ``trained``,
+    whose ``avg_factor`` (the positives of the step) and ``loss_weight`` they then include. Sums by
+    ``index_add_``, no boolean indexing: no host synchronisation.
+    """
+    keep = (weight > 0).double()
+    count = torch.zeros(4, dtype=torch.float64, device=kinds.device).index_add_(0, kinds, keep)
+    per_example = element_losses(loss, pred, target, weight)
+    if per_example is None:
+        return KindStats(count, None)
+    sums = torch.zeros_like(count).index_add_(0, kinds, per_example.detach().double())
+    total = sums.sum()
+    return KindStats(count, torch.where(total > 0, sums * (trained.detach().double() / total), 0.0))
+
+
+def softmax_kinds(logits: Tensor, labels: Tensor, threshold: float = 0.5) -> Tensor:
+    """``(N,)`` kinds by ``example_kinds``' rule (hard iff ``p_t < threshold``) for a softmax head:
+    ``logits (N, K + 1)``, ``labels (N,)`` with background at 0, ``p_t`` the softmax probability of the label."""
+    p_t = logits.detach().float().softmax(1).gather(1, labels.unsqueeze(1)).squeeze(1)
+    hard = p_t < threshold
+    return torch.where(
+        labels > 0, torch.where(hard, HARD_POSITIVE, EASY_POSITIVE), torch.where(hard, HARD_NEGATIVE, EASY_NEGATIVE)
+    )
+
+
 class DenseCriterion(nn.Module):
     """What ``DenseDetector`` calls in training: ``forward(cls (B, A, K), reg (B, A, R), priors, targets)
     -> {"loss_*": Tensor}`` on the concatenated levels, ``targets[i] = {"boxes", "labels"}``.
 
     ``progress`` (training progress in [0, 1], set through ``DenseDetector.set_progress``) is read by
-    samplers with a schedule (S-OHEM's stages).
+    samplers with a schedule (S-OHEM's stages). With ``record_stats = True`` (off by default: the
+    training diagnostics, ``balancedet.engine.diagnostics``, turn it on) each call also keeps the
+    ``KindStats`` of its classification loss in ``stats``; the losses are the same either way.
     """
+
+    #: the diagnostics' name of this criterion's classification loss (results.csv's column prefix)
+    stats_name = "cls"
+    record_stats = False
 
     def __init__(self, num_classes: int):
         super().__init__()
         self.num_classes = num_classes
         self.progress = 0.0
+        self.stats: KindStats | None = None
 
 
 class DensePostProcess(nn.Module):
@@ -169,14 +246,21 @@ class DenseDetector(nn.Module):
         if self.training and (targets is None or len(targets) != batch.shape[0]):
             got = None if targets is None else len(targets)
             raise ValueError(f"{name}: training needs one target per image ({batch.shape[0]}), got {got}")
-        levels = self.features(batch)
-        if len(levels) != self.prior_generator.num_levels:
-            raise ValueError(f"{name}: {len(levels)} pyramid levels for {self.prior_generator.num_levels} prior levels")
-        cls_levels, reg_levels = self.head(levels)
-        priors = self.prior_generator([f.shape[-2:] for f in levels], batch.device)
+        cls_levels, reg_levels, priors = self.head_outputs(batch)
         if self.training:
             return self.criterion(torch.cat(cls_levels, 1), torch.cat(reg_levels, 1), priors, list(targets))
         return self.predict(cls_levels, reg_levels, priors, image_sizes)
+
+    def head_outputs(self, batch: Tensor) -> tuple[list[Tensor], list[Tensor], Priors]:
+        """The head's per-level ``(B, A_l, K)`` logits and ``(B, A_l, R)`` regression of a padded
+        ``(B, 3, H, W)`` batch, and their priors: what ``forward`` hands to the criterion or to
+        ``predict`` (``balancedet analyze`` reads them too)."""
+        levels = self.features(batch)
+        if len(levels) != self.prior_generator.num_levels:
+            name = type(self).__name__
+            raise ValueError(f"{name}: {len(levels)} pyramid levels for {self.prior_generator.num_levels} prior levels")
+        cls_levels, reg_levels = self.head(levels)
+        return cls_levels, reg_levels, self.prior_generator([f.shape[-2:] for f in levels], batch.device)
 
     @torch.no_grad()
     def predict(

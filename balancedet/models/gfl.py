@@ -23,13 +23,21 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from balancedet.assign import ATSSAssigner
+from balancedet.analysis.kinds import example_kinds
+from balancedet.assign import AssignResult, ATSSAssigner
 from balancedet.boxes import aligned_box_iou
 from balancedet.boxes.anchors import FPN_STRIDES
 from balancedet.losses.gfl import DistributionFocalLoss, QualityFocalLoss
 from balancedet.losses.iou import GIoULoss
 from balancedet.models.batching import pad_targets
-from balancedet.models.detector import DenseCriterion, DenseDetector, DensePostProcess, call_loss, check_num_classes
+from balancedet.models.detector import (
+    DenseCriterion,
+    DenseDetector,
+    DensePostProcess,
+    call_loss,
+    check_num_classes,
+    record_kinds,
+)
 from balancedet.models.heads import DenseHead
 from balancedet.models.normalizer import PositiveNormalizer
 from balancedet.models.priors import DistributionCoding, PriorGenerator, Priors
@@ -105,7 +113,11 @@ class GFLCriterion(DenseCriterion):
         cls_target = (labels, quality.reshape(-1)) if getattr(self.cls_loss, "needs_quality_targets", False) else labels
         num_pos = self.normalizer(positive.sum())
         weight = valid.reshape(-1).to(quality.dtype)
-        losses = {"loss_cls": call_loss(self.cls_loss, cls_logits.reshape(-1, k), cls_target, weight, num_pos)}
+        logits = cls_logits.reshape(-1, k)
+        losses = {"loss_cls": call_loss(self.cls_loss, logits, cls_target, weight, num_pos)}
+        if self.record_stats:
+            kinds = example_kinds(logits, labels)
+            self.stats = record_kinds(self.cls_loss, logits, cls_target, weight, losses["loss_cls"], kinds)
         weight_sum = self.box_weight_normalizer(box_weight.sum())
         losses["loss_box"] = call_loss(
             self.box_loss, pred_boxes.reshape(-1, 4), target_boxes.reshape(-1, 4), box_weight.reshape(-1), weight_sum
@@ -121,6 +133,12 @@ class GFLCriterion(DenseCriterion):
                 4 * weight_sum,
             )
         return losses
+
+    @torch.no_grad()
+    def assign(self, priors: Priors, targets: Sequence[dict[str, Tensor]]) -> AssignResult:
+        """The ``(B, A)`` ATSS assignment ``forward`` trains on, without the losses (``balancedet analyze``)."""
+        gt_boxes, gt_labels = pad_targets(targets, priors.anchors.device)
+        return self.assigner(priors.anchors, list(priors.num_per_level), gt_boxes, gt_labels, self.num_classes)
 
 
 class GFL(DenseDetector):

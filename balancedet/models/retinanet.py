@@ -18,14 +18,22 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from balancedet.assign import MaxIoUAssigner
+from balancedet.analysis.kinds import example_kinds
+from balancedet.assign import AssignResult, MaxIoUAssigner
 from balancedet.boxes import DeltaXYWHCoder, aligned_box_iou
 from balancedet.boxes.anchors import FPN_STRIDES, RETINANET_RATIOS, RETINANET_SCALES, RETINANET_SIZES
 from balancedet.losses.cross_entropy import binary_cross_entropy
 from balancedet.losses.focal import FocalLoss
 from balancedet.losses.smooth_l1 import SmoothL1Loss, smooth_l1_loss
 from balancedet.models.batching import pad_targets
-from balancedet.models.detector import DenseCriterion, DenseDetector, DensePostProcess, call_loss, check_num_classes
+from balancedet.models.detector import (
+    DenseCriterion,
+    DenseDetector,
+    DensePostProcess,
+    call_loss,
+    check_num_classes,
+    record_kinds,
+)
 from balancedet.models.heads import DenseHead
 from balancedet.models.normalizer import PositiveNormalizer
 from balancedet.models.priors import DeltaCoding, PriorGenerator, Priors
@@ -105,7 +113,11 @@ class RetinaNetCriterion(DenseCriterion):
             with torch.no_grad():
                 iou = aligned_box_iou(decoded.detach(), target_boxes).clamp(0.0, 1.0)
             cls_target = (cls_target, torch.where(pos, iou, 0.0).reshape(-1))
-        loss_cls = call_loss(self.cls_loss, cls_logits.reshape(-1, k), cls_target, keep.reshape(-1).float(), num_pos)
+        logits, weight = cls_logits.reshape(-1, k), keep.reshape(-1).float()
+        loss_cls = call_loss(self.cls_loss, logits, cls_target, weight, num_pos)
+        if self.record_stats:
+            kinds = example_kinds(logits, labels.reshape(-1))
+            self.stats = record_kinds(self.cls_loss, logits, cls_target, weight, loss_cls, kinds)
         if getattr(self.box_loss, "needs_decoded_boxes", False):
             pred, target = decoded, target_boxes
         else:
@@ -115,6 +127,12 @@ class RetinaNetCriterion(DenseCriterion):
             self.box_loss, pred.reshape(-1, 4), target.reshape(-1, 4), pos.reshape(-1).float(), num_pos
         )
         return {"loss_cls": loss_cls, "loss_box": loss_box}
+
+    @torch.no_grad()
+    def assign(self, priors: Priors, targets: Sequence[dict[str, Tensor]]) -> AssignResult:
+        """The ``(B, A)`` assignment ``forward`` trains on, without the losses (``balancedet analyze``)."""
+        gt_boxes, gt_labels = pad_targets(targets, priors.anchors.device)
+        return self.assigner(priors.anchors, gt_boxes, gt_labels, self.num_classes)
 
     def _needs_boxes(self) -> bool:
         return bool(

@@ -59,7 +59,7 @@ from balancedet.boxes import DeltaXYWHCoder, valid_boxes
 from balancedet.losses.cross_entropy import CrossEntropyLoss, cross_entropy
 from balancedet.losses.smooth_l1 import SmoothL1Loss, smooth_l1_loss
 from balancedet.models.batching import pad_targets
-from balancedet.models.detector import check_num_classes
+from balancedet.models.detector import KindStats, check_num_classes, record_kinds, softmax_kinds
 from balancedet.models.rpn import clip_to_images, sampled_losses, sampler_candidates, top_after_nms
 from balancedet.samplers import Candidates, RandomSampler, Sample
 
@@ -156,8 +156,13 @@ class FastRCNNCriterion(nn.Module):
 
     ``match(proposals, targets) -> RoITargets``; ``sample(targets, rows, logits, deltas) -> Sample``;
     ``forward(logits, deltas, targets, sample, rows) -> {"loss_cls", "loss_box"}``. ``rows (B, R)`` bool
-    names the RoIs the head ran on, in row-major order.
+    names the RoIs the head ran on, in row-major order. With ``record_stats = True`` each call keeps the
+    ``KindStats`` of its classification loss over the sampled RoIs in ``stats`` (``DenseCriterion``'s
+    switch; the kinds by ``softmax_kinds``).
     """
+
+    stats_name = "roi"
+    record_stats = False
 
     def __init__(
         self,
@@ -178,6 +183,7 @@ class FastRCNNCriterion(nn.Module):
         self.sampler = sampler if sampler is not None else RandomSampler(512, 0.25)
         self.add_gt_as_proposals = add_gt_as_proposals
         self.progress = 0.0
+        self.stats: KindStats | None = None
 
     @property
     def needs_head_outputs(self) -> bool:
@@ -262,6 +268,9 @@ class FastRCNNCriterion(nn.Module):
         loss_cls, loss_box = sampled_losses(
             self.cls_loss, self.box_loss, logits, labels, pred, target, sample.pos[rows], sample.keep[rows]
         )
+        if self.record_stats:
+            weight = sample.keep[rows].float()
+            self.stats = record_kinds(self.cls_loss, logits, labels, weight, loss_cls, softmax_kinds(logits, labels))
         return {"loss_cls": loss_cls, "loss_box": loss_box}
 
 

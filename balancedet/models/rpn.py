@@ -42,12 +42,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms, remove_small_boxes
 
+from balancedet.analysis.kinds import example_kinds
 from balancedet.assign import MaxIoUAssigner
 from balancedet.assign.result import AssignResult
 from balancedet.losses.cross_entropy import BinaryCrossEntropyLoss, binary_cross_entropy
 from balancedet.losses.smooth_l1 import SmoothL1Loss, smooth_l1_loss
 from balancedet.models.batching import pad_targets
-from balancedet.models.detector import call_loss
+from balancedet.models.detector import KindStats, call_loss, record_kinds
 from balancedet.models.heads import flatten_level
 from balancedet.models.priors import DeltaCoding, PriorGenerator, Priors
 from balancedet.samplers import Candidates, RandomSampler, Sample
@@ -185,8 +186,13 @@ class RPNCriterion(nn.Module):
             decoded anchors, ``max_iou`` the assigner's.
 
     ``forward(objectness (B, A, 1), deltas (B, A, 4), priors, targets) -> {"loss_rpn_cls", "loss_rpn_box"}``,
-    both divided by the number of sampled anchors of the batch (see the module docstring).
+    both divided by the number of sampled anchors of the batch (see the module docstring). With
+    ``record_stats = True`` each call keeps the ``KindStats`` of its objectness loss over the sampled
+    anchors in ``stats`` (``DenseCriterion``'s switch).
     """
+
+    stats_name = "rpn"
+    record_stats = False
 
     def __init__(
         self,
@@ -203,6 +209,7 @@ class RPNCriterion(nn.Module):
         self.assigner = assigner if assigner is not None else MaxIoUAssigner(0.7, 0.3, 0.0, low_quality=True)
         self.sampler = sampler if sampler is not None else RandomSampler(256, 0.5)
         self.progress = 0.0
+        self.stats: KindStats | None = None
 
     def match(self, priors: Priors, targets: Sequence[dict[str, Tensor]]) -> tuple[AssignResult, Tensor]:
         """``(assign, target_boxes)``: the class-agnostic ``AssignResult`` ``(B, A)`` and each anchor's
@@ -249,6 +256,10 @@ class RPNCriterion(nn.Module):
             sample.pos.reshape(-1),
             sample.keep.reshape(-1),
         )
+        if self.record_stats:
+            logits, flat = objectness.reshape(-1, 1), labels.reshape(-1)
+            weight = sample.keep.reshape(-1).float()
+            self.stats = record_kinds(self.cls_loss, logits, flat, weight, loss_cls, example_kinds(logits, flat))
         return {"loss_rpn_cls": loss_cls, "loss_rpn_box": loss_box}
 
 
