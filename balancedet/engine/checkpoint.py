@@ -143,7 +143,7 @@ def check_writable(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-            probe.unlink()
+            probe.unlink(missing_ok=True)
     except OSError as error:
         full = " (the disk is full)" if error.errno == errno.ENOSPC else ""
         raise ValueError(f"output folder {folder}: cannot write there: {error.strerror or error}{full}") from None

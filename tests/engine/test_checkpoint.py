@@ -1,13 +1,32 @@
-"""``load_model``: a saved detector comes back with the same outputs; foreign files fail clearly.
-``save_atomic``: the file gets the permissions the umask gives any other file."""
+"""``load_model``: a saved detector comes back with the same outputs; foreign, corrupt files and files
+carrying code fail clearly (the code never runs). ``save_atomic``: the file gets the permissions the umask
+gives any other file. The random states are plain data. An output folder that cannot be written, is on a
+full disk or lacks room for the checkpoints is named before training starts."""
 
+import errno
 import os
+import random
+import re
+import shutil
+from collections import namedtuple
 
+import numpy as np
 import pytest
 import torch
 
+from balancedet.cli import main as cli_main
+from balancedet.engine import checkpoint
 from balancedet.engine.build import build_model
-from balancedet.engine.checkpoint import load_model, save_atomic
+from balancedet.engine.checkpoint import (
+    check_writable,
+    checkpoint_room,
+    load_checkpoint,
+    load_model,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
+from balancedet.engine.train import train
 
 
 def test_load_model_round_trip_gives_identical_outputs(tiny_config, tmp_path):
@@ -61,3 +80,113 @@ def test_save_atomic_leaves_no_temporary_file_when_the_write_fails(tmp_path):
     with pytest.raises(Exception):  # noqa: B017 - whatever pickle raises
         save_atomic({"bad": lambda: None}, tmp_path / "last.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+class RunsCode:
+    """Unpickled, it calls ``exec``: what a tampered checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path):
+    marker, path = tmp_path / "marker", tmp_path / "weights" / "last.pt"
+    save_atomic({"model": {}, "config": {}, "class_names": [], "extra": RunsCode(marker)}, path)
+    with pytest.raises(
+        ValueError, match=r"last.pt: refused: its pickle imports (builtins\.)?exec, .* nothing in it was run"
+    ):
+        load_checkpoint(path)
+    with pytest.raises(ValueError, match="refused"):
+        load_model(path, "cpu")
+    assert not marker.exists()
+    # the payload is live: an unrestricted unpickler runs it
+    torch.load(path, weights_only=False)
+    assert marker.read_text() == "ran"
+
+
+def test_a_truncated_or_foreign_file_is_named(tmp_path):
+    whole = tmp_path / "whole.pt"
+    save_atomic({"model": {"w": torch.ones(1000)}, "config": {}, "class_names": []}, whole)
+    truncated, foreign = tmp_path / "truncated.pt", tmp_path / "notes.pt"
+    truncated.write_bytes(whole.read_bytes()[:1500])
+    foreign.write_bytes(b"\x80\x02not a checkpoint at all")
+    assert load_checkpoint(whole)["model"]["w"].sum() == 1000
+    with pytest.raises(ValueError, match=r"truncated.pt: cannot be read"):
+        load_checkpoint(truncated)
+    with pytest.raises(ValueError, match=r"notes.pt: cannot be read"):
+        load_checkpoint(foreign)
+
+
+def test_the_random_states_round_trip_through_a_data_only_file(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    np.random.normal(size=3)  # odd: NumPy's legacy generator caches the second Gaussian of a pair
+    state = rng_state()
+    expected = (random.random(), np.random.normal(size=3), np.random.randint(0, 2**31, size=5), torch.rand(4))
+    path = tmp_path / "rng.pt"
+    save_atomic({"rng": state}, path)
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    set_rng_state(torch.load(path, weights_only=True)["rng"])
+    assert random.random() == expected[0]
+    assert np.array_equal(np.random.normal(size=3), expected[1])
+    assert np.array_equal(np.random.randint(0, 2**31, size=5), expected[2])
+    assert torch.equal(torch.rand(4), expected[3])
+
+
+def test_an_output_under_a_regular_file_is_named_before_the_data_is_read(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    output = tmp_path / "file" / "run"
+    expected = f"output folder {output / 'weights'}: cannot write there: {os.strerror(errno.ENOTDIR)}"
+    with pytest.raises(ValueError) as raised:
+        check_writable(output / "weights")
+    assert str(raised.value) == expected
+    # the dataset does not exist either: the error is the output's, so it came first
+    missing = tmp_path / "no_such_data.yaml"
+    assert cli_main(["train", "--data", str(missing), "--config", "retinanet_digits", "--output", str(output)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"balancedet train: error: {expected}"
+
+
+def test_a_full_disk_is_named_before_the_data_is_read(tiny_config, tmp_path, monkeypatch):
+    def on_dev_full(path):
+        """The probe writes to /dev/full, where every write fails as on a full disk."""
+        probe = path.parent / f".{path.name}.dev-full.tmp"
+        probe.touch()
+        return os.open("/dev/full", os.O_WRONLY), probe
+
+    monkeypatch.setattr(checkpoint, "_create_temporary", on_dev_full)
+    config = tiny_config()
+    config["data"]["dataset"] = str(tmp_path / "no_such_data.yaml")  # not read: the output fails first
+    with pytest.raises(ValueError) as raised:
+        train(config, output=tmp_path / "run", verbose=False)
+    assert str(raised.value) == (
+        f"output folder {tmp_path / 'run' / 'weights'}: cannot write there: "
+        f"{os.strerror(errno.ENOSPC)} (the disk is full)"
+    )
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])  # two moments a parameter, and one
+def test_too_little_room_for_the_checkpoints_is_named_before_training(tiny_config, tmp_path, monkeypatch, optimizer):
+    config = tiny_config("train.epochs=1", f"train.optimizer={optimizer}")
+    out = train(config, output=tmp_path / "run", verbose=False)["output"]
+    last, best = (out / "weights" / name for name in ("last.pt", "best.pt"))
+    model, _ = load_model(last, "cpu")
+    # the peak the estimate is for: a new last.pt beside the old one, and best.pt; the files also hold the
+    # configuration, the rows and the random states, a few kB
+    peak = 2 * last.stat().st_size + best.stat().st_size
+    need = checkpoint_room(model, optimizer)
+    assert need == pytest.approx(peak, rel=0.01)
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, need - 1))
+    folder = re.escape(str(tmp_path / "again" / "weights"))
+    with pytest.raises(ValueError, match=rf"^output folder {folder}: [0-9.]+ MiB free, the checkpoints need [0-9.]+"):
+        train(config, output=tmp_path / "again", verbose=False)
+    assert not (tmp_path / "again" / "args.yaml").exists()  # nothing trained, nothing written
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, need))
+    checkpoint.check_room(tmp_path, model, optimizer)  # exactly enough
