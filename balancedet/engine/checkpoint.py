@@ -10,8 +10,8 @@ the model from the file alone (``load_model``).
 A checkpoint is data, not code: it holds only tensors and plain Python values (numbers, strings,
 lists, tuples, dicts; the NumPy random state is stored as a tensor), and every load uses
 ``torch.load(weights_only=True)``, so a file whose pickle would import or call anything (a class, a
-``__reduce__``) is refused before any of it runs. ``check_output`` finds an output folder that
-cannot be written, or that lacks the room for the checkpoints, before training starts.
+``__reduce__``) is refused before any of it runs. ``check_writable`` and ``check_room`` find an
+output folder that cannot be written, or that lacks the room for the checkpoints, before training.
 """
 
 from __future__ import annotations
@@ -151,12 +151,13 @@ def check_writable(folder: Path) -> None:
 
 def check_room(folder: Path, model: nn.Module, optimizer: str) -> None:
     """``ValueError`` naming ``folder`` if it has less free space than the run's checkpoints take at
-    their peak (``checkpoint_room``)."""
-    need, free = checkpoint_room(model, optimizer), shutil.disk_usage(folder).free
+    their peak (``checkpoint_room``), less what its ``last.pt`` and ``best.pt`` (a resumed run's) hold."""
+    held = sum(f.stat().st_size for f in (folder / "last.pt", folder / "best.pt") if f.is_file())
+    need, free = checkpoint_room(model, optimizer) - held, shutil.disk_usage(folder).free
     if free < need:
         raise ValueError(
             f"output folder {folder}: {free / 2**20:.1f} MiB free, the checkpoints need {need / 2**20:.1f} MiB "
-            "(weights/last.pt written beside the previous one, and best.pt)"
+            "more (weights/last.pt written beside the previous one, and best.pt)"
         )
 
 

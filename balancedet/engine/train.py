@@ -206,7 +206,9 @@ def train_step(state: TrainState, images: torch.Tensor, targets: list[dict[str, 
     state a checkpoint holds stay those of the last good step. It still counts, as in mmdetection and
     ultralytics: ``state.step`` advances, its batch is consumed and the learning rate moves on, so the
     batch order, the schedule and a resume stay those of a run without the skip (``count_bad_step``
-    warns, counts and stops the run after ``train.max_bad_steps`` in a row).
+    warns, counts and stops the run after ``train.max_bad_steps`` in a row). With float16 the gradient
+    scaler still skips, uncounted, the steps of a finite loss whose scaled gradients overflow: that is
+    its search for the loss scale, not a diverging run.
     """
     tcfg, device = state.config["train"], state.device
     state.lr = learning_rate(state.step, tcfg, state.total_steps)

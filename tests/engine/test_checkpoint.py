@@ -190,3 +190,10 @@ def test_too_little_room_for_the_checkpoints_is_named_before_training(tiny_confi
     assert not (tmp_path / "again" / "args.yaml").exists()  # nothing trained, nothing written
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, need))
     checkpoint.check_room(tmp_path, model, optimizer)  # exactly enough
+    # a resumed run's folder already holds a last.pt and a best.pt: it needs one more last.pt
+    more = need - last.stat().st_size - best.stat().st_size
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, more))
+    checkpoint.check_room(out / "weights", model, optimizer)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * need, 9 * need, more - 1))
+    with pytest.raises(ValueError, match="MiB free, the checkpoints need"):
+        checkpoint.check_room(out / "weights", model, optimizer)
