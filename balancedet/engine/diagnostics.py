@@ -67,7 +67,9 @@ class ImbalanceDiagnostics(Callback):
     def on_step_end(self, state: TrainState) -> None:
         for criterion in self.criteria:
             stats, criterion.stats = criterion.stats, None
-            if stats is None:  # the criterion was not called in this step
+            # not called in this step, or the step was skipped for a non-finite loss: a row averages the
+            # steps that trained (``state.sum_steps``), and a row of skipped steps only would divide by 0
+            if stats is None or state.bad_streak:
                 continue
             name = criterion.stats_name
             keys, values = [f"{name}_{kind}_count" for kind in KIND_NAMES], [stats.count]

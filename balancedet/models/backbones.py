@@ -46,7 +46,8 @@ def _load_state_dict(depth: int, weights: str) -> Mapping[str, Tensor]:
         raise ValueError(
             f"ResNetBackbone: weights {weights!r} is neither a file nor a torchvision weight of resnet{depth} ({names})"
         ) from None
-    return entry.get_state_dict(progress=False)
+    # torch.hub's default for a download is weights_only=False: a tampered file could run code
+    return entry.get_state_dict(progress=False, weights_only=True, check_hash=True)
 
 
 class ResNetBackbone(nn.Module):

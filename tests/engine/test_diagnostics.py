@@ -317,3 +317,22 @@ def test_train_diagnostics_false_adds_no_column(tiny_config, tmp_path):
     out = train(tiny_config("train.epochs=1", "train.diagnostics=false"), tmp_path / "run", verbose=False)["output"]
     header = (out / "results.csv").read_text().splitlines()[0]
     assert "loss_cls" in header and "cls_" not in header
+
+
+def test_a_skipped_step_adds_no_statistics_to_the_row():
+    from types import SimpleNamespace
+
+    from balancedet.engine.diagnostics import ImbalanceDiagnostics
+    from balancedet.models.detector import KindStats
+
+    criterion = SimpleNamespace(stats_name="cls", stats=None)
+    callback = ImbalanceDiagnostics()
+    callback.criteria = [criterion]
+    state = SimpleNamespace(sums={}, bad_streak=1)
+    criterion.stats = KindStats(torch.ones(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64))
+    callback.on_step_end(state)
+    assert state.sums == {} and criterion.stats is None
+    state.bad_streak = 0
+    criterion.stats = KindStats(torch.ones(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64))
+    callback.on_step_end(state)
+    assert state.sums["cls_easy_pos_count"] == 1.0
