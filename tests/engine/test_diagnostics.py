@@ -145,7 +145,7 @@ def test_ghm_c_without_an_element_wise_form_records_counts_only():
 def test_the_callback_warns_and_writes_counts_and_fraction_only_for_such_a_loss():
     criterion = SimpleNamespace(record_stats=False, stats=None, stats_name="cls", cls_loss=GHMC())
     model = SimpleNamespace(modules=lambda: [nn.Identity(), criterion])
-    state = SimpleNamespace(model=model, sums={"loss_cls": 1.0}, rows=[])
+    state = SimpleNamespace(model=model, sums={"loss_cls": 1.0}, rows=[], bad_streak=0)
     diagnostics = ImbalanceDiagnostics()
     diagnostics.on_train_start(state)
     assert criterion.record_stats
