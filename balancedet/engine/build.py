@@ -80,11 +80,11 @@ from balancedet.assign import ATSSAssigner, MaxIoUAssigner
 from balancedet.boxes.anchors import FPN_STRIDES
 from balancedet.models.a_fast_rcnn import JOINT_START, PRETRAIN_START, AFastRCNN
 from balancedet.models.asdn import ASDN
-from balancedet.models.detector import DensePostProcess
 from balancedet.models.faster_rcnn import ROI_POOL_SIZE, FasterRCNN
 from balancedet.models.gfl import GFL
 from balancedet.models.heads import DenseHead
 from balancedet.models.normalizer import PositiveNormalizer
+from balancedet.models.postprocess import DensePostProcess
 from balancedet.models.pyramid import build_pyramid
 from balancedet.models.retinanet import RetinaNet
 from balancedet.models.rpn import RPN_STRIDES
@@ -424,12 +424,14 @@ def build_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
     }
     if retinanet:
         anchors = {"anchor_sizes": cfg["anchor_sizes"], "anchor_ratios": cfg["anchor_ratios"]}
-        return RetinaNet(num_classes, backbone, neck, head, anchor_scales=cfg["anchor_scales"], **anchors, **parts)
+        return RetinaNet(
+            num_classes, backbone, neck=neck, head=head, anchor_scales=cfg["anchor_scales"], **anchors, **parts
+        )
     return GFL(
         num_classes,
         backbone,
-        neck,
-        head,
+        neck=neck,
+        head=head,
         octave_base_scale=cfg["octave_base_scale"],
         reg_max=cfg["reg_max"],
         dfl_weight=cfg["dfl_weight"],

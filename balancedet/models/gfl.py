@@ -30,16 +30,10 @@ from balancedet.boxes.anchors import FPN_STRIDES
 from balancedet.losses.gfl import DistributionFocalLoss, QualityFocalLoss
 from balancedet.losses.iou import GIoULoss
 from balancedet.models.batching import pad_targets
-from balancedet.models.detector import (
-    DenseCriterion,
-    DenseDetector,
-    DensePostProcess,
-    call_loss,
-    check_num_classes,
-    record_kinds,
-)
+from balancedet.models.detector import DenseCriterion, DenseDetector, call_loss, check_num_classes, record_kinds
 from balancedet.models.heads import DenseHead
 from balancedet.models.normalizer import PositiveNormalizer
+from balancedet.models.postprocess import DensePostProcess
 from balancedet.models.priors import DistributionCoding, PriorGenerator, Priors
 from balancedet.models.pyramid import build_pyramid
 
@@ -169,13 +163,13 @@ class GFL(DenseDetector):
         self,
         num_classes: int,
         backbone: nn.Module | int = 50,
-        neck: nn.Module | None = None,
-        head: nn.Module | None = None,
         *,
         strides: Sequence[int] = FPN_STRIDES,
         reg_max: int = 16,
         octave_base_scale: float = 8.0,
         point_offset: float = 0.0,
+        neck: nn.Module | None = None,
+        head: nn.Module | None = None,
         cls_loss: Callable[..., Tensor] | None = None,
         box_loss: Callable[..., Tensor] | None = None,
         dfl_weight: float = 0.25,

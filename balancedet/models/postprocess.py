@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-__all__ = ["detections_from_levels"]
+__all__ = ["DensePostProcess", "detections_from_levels"]
 
 
 def detections_from_levels(
@@ -84,3 +84,37 @@ def detections_from_levels(
         kept = batched_nms(image_boxes, image_scores, image_labels, nms_iou)[:max_dets]
         results.append({"boxes": image_boxes[kept], "scores": image_scores[kept], "labels": image_labels[kept]})
     return results
+
+
+class DensePostProcess(nn.Module):
+    """Dense-detector inference (focal paper, sec. 4, "Inference"; GFL uses the same procedure).
+
+    Per level the ``topk_candidates`` best (anchor, class) candidates above ``score_thresh``; then
+    class-wise NMS at ``nms_iou`` and the ``max_detections`` best per image
+    (``balancedet.models.postprocess.detections_from_levels``). ``forward(boxes, scores, image_sizes)``
+    takes per-level decoded ``(B, A_l, 4)`` boxes and ``(B, A_l, K)`` probabilities.
+    """
+
+    def __init__(
+        self,
+        score_thresh: float = 0.05,
+        topk_candidates: int = 1000,
+        nms_iou: float = 0.5,
+        max_detections: int = 100,
+    ):
+        super().__init__()
+        if not 0 <= score_thresh < 1 or not 0 < nms_iou <= 1 or topk_candidates < 1 or max_detections < 1:
+            raise ValueError(
+                "DensePostProcess: need score_thresh in [0, 1), nms_iou in (0, 1], topk_candidates and "
+                f"max_detections >= 1; got {score_thresh}, {nms_iou}, {topk_candidates}, {max_detections}"
+            )
+        self.score_thresh, self.topk_candidates = score_thresh, topk_candidates
+        self.nms_iou, self.max_detections = nms_iou, max_detections
+
+    @torch.no_grad()
+    def forward(
+        self, boxes: list[Tensor], scores: list[Tensor], image_sizes: list[tuple[int, int]]
+    ) -> list[dict[str, Tensor]]:
+        return detections_from_levels(
+            boxes, scores, image_sizes, self.score_thresh, self.topk_candidates, self.nms_iou, self.max_detections
+        )

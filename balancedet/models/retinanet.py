@@ -26,16 +26,10 @@ from balancedet.losses.cross_entropy import binary_cross_entropy
 from balancedet.losses.focal import FocalLoss
 from balancedet.losses.smooth_l1 import SmoothL1Loss, smooth_l1_loss
 from balancedet.models.batching import pad_targets
-from balancedet.models.detector import (
-    DenseCriterion,
-    DenseDetector,
-    DensePostProcess,
-    call_loss,
-    check_num_classes,
-    record_kinds,
-)
+from balancedet.models.detector import DenseCriterion, DenseDetector, call_loss, check_num_classes, record_kinds
 from balancedet.models.heads import DenseHead
 from balancedet.models.normalizer import PositiveNormalizer
+from balancedet.models.postprocess import DensePostProcess
 from balancedet.models.priors import DeltaCoding, PriorGenerator, Priors
 from balancedet.models.pyramid import build_pyramid
 from balancedet.samplers import Candidates
@@ -189,13 +183,13 @@ class RetinaNet(DenseDetector):
         self,
         num_classes: int,
         backbone: nn.Module | int = 50,
-        neck: nn.Module | None = None,
-        head: nn.Module | None = None,
         *,
         anchor_sizes: Sequence[float] = RETINANET_SIZES,
         anchor_strides: Sequence[int] = FPN_STRIDES,
         anchor_ratios: Sequence[float] = RETINANET_RATIOS,
         anchor_scales: Sequence[float] = RETINANET_SCALES,
+        neck: nn.Module | None = None,
+        head: nn.Module | None = None,
         cls_loss: Callable[..., Tensor] | None = None,
         box_loss: Callable[..., Tensor] | None = None,
         assigner: Callable[..., object] | None = None,

@@ -53,7 +53,7 @@ def tiny_gfl(
     # 8 groups of 4 channels: GroupNorm refuses groups of one value, which one channel on a 1x1 P7 would be
     head = DenseHead(fpn_channels, C, 1, 4 * (REG_MAX + 1), head_channels, num_convs, head_norm, prior_prob, 8, 5)
     post = {k: kwargs.pop(k) for k in ("score_thresh", "max_detections", "nms_iou") if k in kwargs}
-    return GFL(C, trunk, neck, head, postprocess=DensePostProcess(**{"nms_iou": 0.6, **post}), **kwargs)
+    return GFL(C, trunk, neck=neck, head=head, postprocess=DensePostProcess(**{"nms_iou": 0.6, **post}), **kwargs)
 
 
 def targets_of(*boxes_and_labels):

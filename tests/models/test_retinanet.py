@@ -31,7 +31,9 @@ def tiny(backbone, fpn_channels=16, head_channels=16, num_convs=1, bfp=None, hea
     trunk, neck = build_pyramid(copy.deepcopy(backbone), FPN_STRIDES, extra_from="c5", channels=fpn_channels, bfp=bfp)
     head = DenseHead(fpn_channels, NUM_CLASSES, 9, 4, head_channels, num_convs, head_norm, norm_groups=4)
     post = {k: kwargs.pop(k) for k in ("score_thresh", "max_detections") if k in kwargs}
-    return RetinaNet(NUM_CLASSES, trunk, neck, head, anchor_sizes=SIZES, postprocess=DensePostProcess(**post), **kwargs)
+    return RetinaNet(
+        NUM_CLASSES, trunk, neck=neck, head=head, anchor_sizes=SIZES, postprocess=DensePostProcess(**post), **kwargs
+    )
 
 
 def batch():
