@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 
 from balancedet.data import DetectionDataset, boxes_to_original
+from balancedet.data.images import read_image
 from balancedet.engine.checkpoint import load_model
 from balancedet.engine.data import eval_loader, load_split
 from balancedet.engine.plots import plot_confusion, plot_image_grid, plot_pr_curves
@@ -232,8 +233,9 @@ def write_eval_artifacts(
         records = [by_id[int(target["image_id"])] for target, _ in batch]
         images = []
         for record in records:
-            with Image.open(record.file) as image:
-                images.append(image.convert("RGB"))
+            # as the model saw it: EXIF orientation applied, 16-bit scaled, so the boxes land on the objects
+            pixels = read_image(record.file, record.image_id)
+            images.append(Image.fromarray(pixels.permute(1, 2, 0).numpy()))
         kept = [~r.ignore for r in records]
         titles = [Path(r.file).name for r in records]
         plot_image_grid(

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision.transforms.v2.functional as TF
-from PIL import Image, UnidentifiedImageError
 
+from balancedet.data.images import read_image
 from balancedet.engine.checkpoint import load_model
 from balancedet.engine.data import make_collate, make_transform
 from balancedet.engine.evaluate import to_original
@@ -65,19 +64,16 @@ def predict_images(
         chunk = files[start : start + batch_size]
         batch, originals = [], []
         for path in chunk:
-            try:
-                with Image.open(path) as image:
-                    rgb = image.convert("RGB")
-            except (UnidentifiedImageError, OSError) as error:
-                raise ValueError(f"{path}: cannot be read as an image ({error})") from None
-            pixels = TF.pil_to_tensor(rgb)
+            # the decode training used (EXIF orientation, 16-bit scaled, strict): boxes in displayed pixels
+            pixels = read_image(path)
             out = transform(
                 pixels, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.bool)
             )
             h, w = out["image"].shape[-2:]
-            target = {"orig_size": (rgb.height, rgb.width), "scale": (h / rgb.height, w / rgb.width)}
+            height, width = pixels.shape[-2:]
+            target = {"orig_size": (height, width), "scale": (h / height, w / width)}
             batch.append((out["image"], target))
-            originals.append(rgb)
+            originals.append(pixels)
         tensor, targets = collate(batch)
         detections = model(tensor.to(dev))
         for offset, (path, rgb, target, det) in enumerate(zip(chunk, originals, targets, detections, strict=True)):
