@@ -73,6 +73,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import torch.distributed as dist
 from torch import nn
 
 from balancedet import losses
@@ -358,7 +359,23 @@ def _make(remedy: Remedy | None, args: dict[str, Any]) -> Any:
     if remedy is None:
         return None
     constructor, defaults = remedy
-    return constructor(**{**defaults, **args})
+    return constructor(**_distributed(constructor, {**defaults, **args}))
+
+
+def _distributed(constructor: Callable[..., Any], args: dict[str, Any]) -> dict[str, Any]:
+    """Under data-parallel training (``W > 1`` processes), a loss that takes a ``process_group`` (GHM-C/R)
+    gets the whole world, so its gradient density is that of the global batch, and ``W`` times its loss
+    weight: the loss then divides each process's sum by the global count, and DDP averages the processes'
+    gradients, so ``W`` restores the batch's gradient, the normalisation ``PositiveNormalizer`` gives the
+    other losses (see docs/distributed.md)."""
+    parameters = inspect.signature(constructor).parameters
+    if "process_group" not in parameters or not dist.is_available() or not dist.is_initialized():
+        return args
+    world = dist.get_world_size()
+    if world == 1:
+        return args
+    loss_weight = args.get("loss_weight", parameters["loss_weight"].default)
+    return {**args, "process_group": dist.group.WORLD, "loss_weight": loss_weight * world}
 
 
 def _sampler_args(args: dict[str, Any]) -> dict[str, Any]:
