@@ -3,7 +3,8 @@
 ``train`` (the main job; with no arguments it trains the small GFL preset on the built-in
 digits scenes within 10 minutes), ``eval``, ``predict``, ``demo`` (what the losses do to a dense detector's
 imbalance), ``analyze`` (a dataset's and a checkpoint's imbalance, as a report), ``ablate`` (a grid or a
-study over seeds) and ``bench losses|assign|detector``.
+study over seeds) and ``bench losses|assign|detector|data`` (``bench data``: indexing a large COCO json, and
+the training loader against the step).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ BENCHMARKS = {
     "assign": "balancedet.bench.assign",
     "detector": "balancedet.bench.detector",
     "train": "balancedet.bench.train",
+    "data": "balancedet.bench.data",
 }
 
 #: The main job: GFL reached AP 0.548 where RetinaNet reached 0.306 in the same 570-s budget (one thread each,
