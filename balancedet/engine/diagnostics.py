@@ -23,17 +23,20 @@ two stages) and kind ``{kind}`` (``easy_pos``, ``hard_pos``, ``easy_neg``, ``har
 - ``{name}_fg_fraction``: positives / (positives + negatives) among those examples.
 
 ``results.png`` draws a criterion's four shares in one panel and its foreground fraction in another
-(``balancedet.engine.plots``). A loss without an element-wise form (GHM-C, which has no
-``reduction``) gets the counts and the foreground fraction but no loss parts or shares, with a
-warning. ``train.diagnostics: false`` leaves the criteria switched off; the losses, and so the
-weights, are the same either way. In a run of several processes only rank 0 records, on its part of
-each batch.
+(``balancedet.engine.plots``). The element-wise losses come from the loss called with
+``reduction="none"``, or from its own ``element_losses``: GHM-C, whose weights come from its running
+histogram, gives the terms of its last call (eq. 8 of Li et al.) from that call's weight table. A loss
+with neither (none of the project's classification losses) gets the counts and the foreground fraction
+but no loss parts or shares, with a warning. ``train.diagnostics: false`` leaves the criteria switched
+off; the losses, and so the weights, are the same either way. In a run of several processes only rank
+0 records, on its part of each batch.
 
-Cost: one more call of the classification loss per step, without gradient, with ``reduction="none"``,
-and a sigmoid (softmax) over the logits for the kinds. On a 2-core AVX-512 AMD EPYC, one thread, the
-recording took 16.6 ms of CPU per step of ``retinanet_digits`` (1.9% of its 0.88-s step: the focal loss
-over 49,104 anchors x 10 classes again) and 2.8 ms per step of ``gfl_digits`` (0.3%); steps timed in
-pairs on the same batch, with and without, differed by 0.4% and 0.8% of CPU time (medians of 60 pairs).
+Cost: one more call of the classification loss per step, without gradient, with ``reduction="none"``
+(for GHM-C: its bins and weighted terms again, without the histogram), and a sigmoid (softmax) over the
+logits for the kinds. On a 2-core AVX-512 AMD EPYC, one thread, the recording took 16.6 ms of CPU per
+step of ``retinanet_digits`` (1.9% of its 0.88-s step: the focal loss over 49,104 anchors x 10 classes
+again) and 2.8 ms per step of ``gfl_digits`` (0.3%); steps timed in pairs on the same batch, with and
+without, differed by 0.4% and 0.8% of CPU time (medians of 60 pairs).
 With an empty Inductor cache the first recording step also compiles the loss's element-wise kernel
 (7-10 s, once per machine).
 """
@@ -80,8 +83,8 @@ class ImbalanceDiagnostics(Callback):
                 self.warned.add(name)
                 warnings.warn(
                     f"train.diagnostics: {type(criterion.cls_loss).__name__} has no element-wise form "
-                    f"(reduction='none'): results.csv gets the {name} kinds' counts and foreground fraction, "
-                    "not their loss shares",
+                    f"(reduction='none' or element_losses): results.csv gets the {name} kinds' counts and "
+                    "foreground fraction, not their loss shares",
                     RuntimeWarning,
                     stacklevel=2,
                 )

@@ -177,19 +177,25 @@ def _ghmc_bin_kernel(x: Tensor, y: Tensor | None, w: Tensor | None, bins: int, d
     return _bin_index(g, w, bins, dtype)
 
 
+def _bce(xc: Tensor, y: Tensor | None) -> Tensor:
+    """``BCE = max(x, 0) - x y + log1p(exp(-|x|))`` of upcast logits; ``softplus(x)`` if ``y`` is None (``y = 0``)."""
+    if y is None:
+        return -F.logsigmoid(-xc)
+    return xc.clamp_min(0) - xc * y.to(xc.dtype) - F.logsigmoid(xc.abs())
+
+
 @fused_kernel
 def _ghmc_loss_kernel(x: Tensor, y: Tensor | None, w: Tensor | None, idx: Tensor, table: Tensor) -> Tensor:
-    """``sum(table[idx] * w * BCE(x, y))``.
-
-    ``BCE = max(x, 0) - x y + log1p(exp(-|x|))`` from logits; ``softplus(x)`` when ``y`` is None (``y = 0``).
-    """
+    """``sum(table[idx] * w * BCE(x, y))``."""
     xc = upcast(x)
-    if y is None:
-        ce = -F.logsigmoid(-xc)
-    else:
-        yc = y.to(xc.dtype)
-        ce = xc.clamp_min(0) - xc * yc - F.logsigmoid(xc.abs())
-    return (_coef(table, idx, w, xc.dtype) * ce).sum()
+    return (_coef(table, idx, w, xc.dtype) * _bce(xc, y)).sum()
+
+
+@fused_kernel
+def _ghmc_terms_kernel(x: Tensor, y: Tensor | None, w: Tensor | None, idx: Tensor, table: Tensor) -> Tensor:
+    """``table[idx] * w * BCE(x, y)`` per element, in the upcast dtype of ``x``."""
+    xc = upcast(x)
+    return _coef(table, idx, w, xc.dtype) * _bce(xc, y)
 
 
 @fused_kernel
@@ -234,6 +240,20 @@ def _ghmc_loss(
     return loss + torch.where(fg, wp * -xp, 0.0).sum()
 
 
+def _ghmc_terms(
+    x: Tensor, labels: Tensor | None, soft: Tensor | None, w: Tensor | None, idx: Tensor, table: Tensor
+) -> Tensor:
+    terms = _ghmc_terms_kernel(x, soft, w, idx, table)
+    if labels is None or x.numel() == 0:
+        return terms
+    # Positives: BCE(x, 1) = softplus(-x) at the label column, taken directly rather than as the loss's
+    # softplus(x) - x, which cancels to 0 for a confident positive.
+    fg, col, xp = _positive_columns(x, labels)
+    wp = _positive_coef(table, idx, w, col, xp.dtype)
+    pos = wp * -F.logsigmoid(xp)
+    return terms.scatter_(1, col, torch.where(fg, pos, _at_label(terms, col)).unsqueeze(1))
+
+
 def _ghmc_grad(
     x: Tensor, labels: Tensor | None, soft: Tensor | None, w: Tensor | None, idx: Tensor, table: Tensor
 ) -> Tensor:
@@ -276,20 +296,39 @@ def _ghmc(
     loss_weight: float,
     process_group: dist.ProcessGroup | None,
     running: _RunningHistogram | None,
-) -> Tensor:
+) -> tuple[Tensor, Tensor]:
+    """The loss and the ``(M + 1,)`` weight table it was made with."""
     check_float("logits", logits, dim=2)
     check_reduction("mean", avg_factor)
-    labels, soft = split_targets(logits, targets)
-    labels = labels.long() if labels is not None else None
-    w = _check_weight(weight, logits.shape)
+    labels, soft, w = _ghmc_inputs(logits, targets, weight)
     with torch.no_grad():
         x = logits.detach()
         idx = _ghmc_bins(x, labels, soft, w, bins)
         counts = _bin_counts(idx, bins)
         table = _weight_table(counts, loss_weight, avg_factor, process_group, running, upcast(x).dtype)
     if torch.is_grad_enabled() and logits.requires_grad:
-        return _GHMCFunction.apply(logits, labels, soft, w, idx, table)
-    return _ghmc_loss(logits, labels, soft, w, idx, table)
+        return _GHMCFunction.apply(logits, labels, soft, w, idx, table), table
+    return _ghmc_loss(logits, labels, soft, w, idx, table), table
+
+
+def _ghmc_inputs(
+    logits: Tensor, targets: Tensor, weight: Tensor | None
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(labels int64 or None, float targets or None, weight)`` checked against ``logits (N, C)``."""
+    labels, soft = split_targets(logits, targets)
+    labels = labels.long() if labels is not None else None
+    return labels, soft, _check_weight(weight, logits.shape)
+
+
+def _ghmc_element_terms(logits: Tensor, targets: Tensor, weight: Tensor | None, bins: int, table: Tensor) -> Tensor:
+    """``(N, C)`` terms ``table[b] * w * BCE`` of a call whose weight table was ``table``; the bins are
+    recomputed from the inputs by the training call's own code, so they are that call's bins."""
+    check_float("logits", logits, dim=2)
+    labels, soft, w = _ghmc_inputs(logits, targets, weight)
+    with torch.no_grad():
+        x = logits.detach()
+        idx = _ghmc_bins(x, labels, soft, w, bins)
+        return _ghmc_terms(x, labels, soft, w, idx, table)
 
 
 def ghm_c_loss(
@@ -327,7 +366,7 @@ def ghm_c_loss(
     ``loss_weight * w_i * beta_i * (p_i - y_i) / N_valid`` treats ``beta`` as a constant.
     """
     _check_bins(bins)
-    return _ghmc(logits, targets, weight, avg_factor, bins, loss_weight, process_group, None)
+    return _ghmc(logits, targets, weight, avg_factor, bins, loss_weight, process_group, None)[0]
 
 
 # ---- GHM-R --------------------------------------------------------------------------------------
@@ -350,6 +389,13 @@ def _ghmr_loss_kernel(pred: Tensor, target: Tensor, w: Tensor | None, idx: Tenso
     """
     d = upcast(pred) - upcast(target)
     return (_coef(table, idx, w, d.dtype) * (d * d / (torch.sqrt(d * d + mu * mu) + mu))).sum()
+
+
+@fused_kernel
+def _ghmr_terms_kernel(pred: Tensor, target: Tensor, w: Tensor | None, idx: Tensor, table: Tensor, mu: float):
+    """``table[idx] * w * ASL1(d)`` per element, evaluated as in ``_ghmr_loss_kernel``."""
+    d = upcast(pred) - upcast(target)
+    return _coef(table, idx, w, d.dtype) * (d * d / (torch.sqrt(d * d + mu * mu) + mu))
 
 
 @fused_kernel
@@ -388,12 +434,9 @@ def _ghmr(
     loss_weight: float,
     process_group: dist.ProcessGroup | None,
     running: _RunningHistogram | None,
-) -> Tensor:
-    check_float("pred", pred, dim=2)
-    check_float("target", target)
-    if target.shape != pred.shape:
-        raise ValueError(f"target must have the shape of pred {shape_str(pred)}, got {shape_str(target)}")
-    check_finite("target", target)
+) -> tuple[Tensor, Tensor]:
+    """The loss and the ``(M + 1,)`` weight table it was made with."""
+    _check_regression(pred, target)
     check_reduction("mean", avg_factor)
     w = _check_weight(weight, pred.shape)
     mu = float(mu)
@@ -402,8 +445,28 @@ def _ghmr(
         dtype = torch.promote_types(upcast(pred).dtype, upcast(target).dtype)
         table = _weight_table(_bin_counts(idx, bins), loss_weight, avg_factor, process_group, running, dtype)
     if torch.is_grad_enabled() and (pred.requires_grad or target.requires_grad):
-        return _GHMRFunction.apply(pred, target, w, idx, table, mu)
-    return _ghmr_loss_kernel(pred, target, w, idx, table, mu)
+        return _GHMRFunction.apply(pred, target, w, idx, table, mu), table
+    return _ghmr_loss_kernel(pred, target, w, idx, table, mu), table
+
+
+def _check_regression(pred: Tensor, target: Tensor) -> None:
+    check_float("pred", pred, dim=2)
+    check_float("target", target)
+    if target.shape != pred.shape:
+        raise ValueError(f"target must have the shape of pred {shape_str(pred)}, got {shape_str(target)}")
+    check_finite("target", target)
+
+
+def _ghmr_element_terms(
+    pred: Tensor, target: Tensor, weight: Tensor | None, mu: float, bins: int, table: Tensor
+) -> Tensor:
+    """``(N, K)`` terms ``table[b] * w * ASL1(d)`` of a call whose weight table was ``table`` (bins as in ``_ghmr``)."""
+    _check_regression(pred, target)
+    w = _check_weight(weight, pred.shape)
+    with torch.no_grad():
+        pred, target = pred.detach(), target.detach()
+        idx = _ghmr_bin_kernel(pred, target, w, mu, bins, _index_dtype(bins))
+        return _ghmr_terms_kernel(pred, target, w, idx, table, mu)
 
 
 def _check_mu(mu: float) -> None:
@@ -432,14 +495,15 @@ def ghm_r_loss(
     """
     _check_mu(mu)
     _check_bins(bins)
-    return _ghmr(pred, target, weight, avg_factor, mu, bins, loss_weight, process_group, None)
+    return _ghmr(pred, target, weight, avg_factor, mu, bins, loss_weight, process_group, None)[0]
 
 
 # ---- modules with a running histogram -----------------------------------------------------------
 
 
 class _RunningHistogram(nn.Module):
-    """The running gradient density ``S`` and the number of updates ``t`` as buffers (checkpointed)."""
+    """The running gradient density ``S`` and the number of updates ``t`` as buffers (checkpointed), and
+    ``last_table``, the ``(M + 1,)`` weight table of the last call (a plain attribute: not checkpointed)."""
 
     def __init__(
         self, bins: int, momentum: float, loss_weight: float, process_group: dist.ProcessGroup | None, ema: str
@@ -454,6 +518,16 @@ class _RunningHistogram(nn.Module):
         self.process_group = process_group
         self.register_buffer("running_count", torch.zeros(bins, dtype=torch.float64))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.int64))
+        # A plain attribute, not a buffer: it describes one call, and a checkpoint resumes from S and t.
+        self.last_table: Tensor | None = None
+
+    def _table_of_last_call(self) -> Tensor:
+        if self.last_table is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.element_losses reuses the weight table of the last forward call, "
+                "and there has been none: call the loss first"
+            )
+        return self.last_table
 
     def density(self, counts: Tensor) -> Tensor:
         """The density estimate ``D`` for this step's (already summed across processes) float64 counts ``R``.
@@ -491,6 +565,11 @@ class GHMC(_RunningHistogram):
     without being stored. ``ema`` picks the running-average rule (module docstring); with
     ``momentum=0`` both give the authors' GHMC without momentum. See ``ghm_c_loss`` for the
     arguments and the distributed semantics.
+
+    ``element_losses(logits, targets, weight=None)`` gives the ``(N, C)`` terms of eq. 8 whose sum is
+    the last call's loss, for the training diagnostics (``balancedet.engine.diagnostics``), which split
+    the loss between kinds of examples: calling the loss again would update the running histogram, so
+    it reuses the last call's weight table (``last_table``) and recomputes only the bins.
     """
 
     self_normalizing = True
@@ -510,7 +589,20 @@ class GHMC(_RunningHistogram):
     def forward(
         self, logits: Tensor, targets: Tensor, weight: Tensor | None = None, avg_factor: float | Tensor | None = None
     ) -> Tensor:
-        return _ghmc(logits, targets, weight, avg_factor, self.bins, self.loss_weight, self.process_group, self)
+        loss, self.last_table = _ghmc(
+            logits, targets, weight, avg_factor, self.bins, self.loss_weight, self.process_group, self
+        )
+        return loss
+
+    def element_losses(self, logits: Tensor, targets: Tensor, weight: Tensor | None = None) -> Tensor:
+        """``(N, C)`` per-element terms ``table[b(i, c)] * w_ic * BCE(x_ic, y_ic)`` (eq. 8, with the last
+        call's ``avg_factor`` and ``loss_weight``) of the last call, which must have had these inputs.
+
+        Without gradient, in the loss's upcast dtype; they sum to that call's loss; the running
+        histogram is left alone. ``RuntimeError`` before any call.
+        """
+        table = self._table_of_last_call()
+        return _ghmc_element_terms(logits, targets, weight, self.bins, table)
 
 
 class GHMR(_RunningHistogram):
@@ -519,7 +611,8 @@ class GHMR(_RunningHistogram):
     ``GHMR(mu=0.02, bins=10, momentum=0.7, loss_weight=1.0, process_group=None, *, ema="authors")``,
     called as ``loss(pred, target, weight=None, avg_factor=None)`` with ``pred, target (N, K)``
     (``K = 4`` box deltas, so ``needs_decoded_boxes`` is False) and ``weight`` ``None`` or ``(N,)`` /
-    ``(N, K)``. Normalisation, state, modes and distributed semantics as in ``GHMC``.
+    ``(N, K)``. Normalisation, state, modes, distributed semantics and ``element_losses(pred, target,
+    weight=None)`` (the ``(N, K)`` terms of eq. 15 of the last call) as in ``GHMC``.
     """
 
     self_normalizing = True
@@ -542,7 +635,16 @@ class GHMR(_RunningHistogram):
     def forward(
         self, pred: Tensor, target: Tensor, weight: Tensor | None = None, avg_factor: float | Tensor | None = None
     ) -> Tensor:
-        return _ghmr(pred, target, weight, avg_factor, self.mu, self.bins, self.loss_weight, self.process_group, self)
+        loss, self.last_table = _ghmr(
+            pred, target, weight, avg_factor, self.mu, self.bins, self.loss_weight, self.process_group, self
+        )
+        return loss
+
+    def element_losses(self, pred: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        """``(N, K)`` terms ``table[b] * w * ASL1(d)`` of the last call (eq. 15), which must have had these
+        inputs: as ``GHMC.element_losses``."""
+        table = self._table_of_last_call()
+        return _ghmr_element_terms(pred, target, weight, self.mu, self.bins, table)
 
     def extra_repr(self) -> str:
         return f"mu={self.mu}, {super().extra_repr()}"

@@ -81,9 +81,16 @@ class KindStats:
 
 
 def element_losses(loss: Callable[..., Tensor], pred: Tensor, target, weight: Tensor) -> Tensor | None:
-    """``(N,)`` each example's loss summed over its classes: ``loss`` called again, on the detached
-    ``pred`` and with ``reduction="none"`` (on a shallow copy: the training call is left as it was), or
-    None when the loss has no ``reduction`` (GHM-C, whose weights come from its histogram)."""
+    """``(N,)`` each example's loss summed over its classes, on the detached ``pred``: from the loss's own
+    ``element_losses(pred, target, weight=...)`` when it has one (GHM-C, whose weights come from its
+    running histogram: it gives the terms of its last call instead of being called again), else from
+    ``loss`` called again with ``reduction="none"`` (on a shallow copy: the training call is left as it
+    was); None for a loss with neither."""
+    terms = getattr(loss, "element_losses", None)
+    if callable(terms):
+        with torch.no_grad():
+            out = terms(pred.detach(), target, weight=weight)
+        return out.reshape(pred.shape[0], -1).sum(1)
     if not hasattr(loss, "reduction"):
         return None
     elementwise = copy.copy(loss)

@@ -1,10 +1,13 @@
 """The training-time imbalance diagnostics: the criteria's per-kind records against the papers' losses,
 the losses unchanged by the switch, and the columns of a tiny run against a recomputation."""
 
+import copy
 import csv
 import math
+import warnings
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -28,10 +31,11 @@ from balancedet.engine.plots import diagnostics_panels
 from balancedet.engine.train import train
 from balancedet.losses import GHMC, BinaryCrossEntropyLoss, CrossEntropyLoss, FocalLoss, QualityFocalLoss
 from balancedet.models.batching import batch_images
-from balancedet.models.detector import KindStats, call_loss, record_kinds, softmax_kinds
+from balancedet.models.detector import KindStats, call_loss, element_losses, record_kinds, softmax_kinds
 from tests.engine.conftest import TINY_RUN
 from tests.engine.test_train import KillAfter, Killed
 from tests.losses.references import focal, one_hot, quality_focal, softmax_focal
+from tests.losses.test_ghm import RefDensity, ref_ghmc
 
 NUM_CLASSES = 3
 
@@ -130,27 +134,73 @@ def test_softmax_ce_parts_are_the_roi_heads_cross_entropy_per_kind():
     check_record(stats, kinds, reference, weight, 22.0)
 
 
-def test_ghm_c_without_an_element_wise_form_records_counts_only():
+def valid_of(weight):
+    """``(N, 3)`` bool: the elements of the rows with weight > 0."""
+    return np.broadcast_to((weight.numpy() > 0)[:, None], (len(weight), NUM_CLASSES))
+
+
+def test_ghm_c_parts_are_eq_8_per_kind_from_the_training_calls_weights():
+    # Li, Liu, Wang, arXiv 1811.05181, eq. 8 with the authors' EMA (momentum 0.75, sec. 3.3): the second of
+    # two steps, so the weights come from a running histogram that the recording must not move again. In
+    # float64: the hand-made rows' gradient norms (0.1, 0.2, ...) lie on edges of the 30 bins, where float32
+    # and the float64 reference could bin differently.
+    loss, density = GHMC(bins=30, momentum=0.75), RefDensity(30, 0.75)
+    first, labels0, weight0 = sigmoid_inputs()
+    first = 0.5 * first.double().flip(0)
+    call_loss(loss, first, labels0, weight0, None)
+    ref_ghmc(first.numpy(), one_hot(labels0.numpy(), NUM_CLASSES), valid_of(weight0), 30, density)
     logits, labels, weight = sigmoid_inputs()
-    loss = GHMC(bins=30, momentum=0.75)
-    trained = call_loss(loss, logits, labels, weight, None)
-    running = loss.running_count.clone()
+    logits = logits.double()
+    trained = call_loss(loss, logits, labels, weight, torch.tensor(6.0))  # self-normalising: no avg_factor
+    running, updates = loss.running_count.clone(), loss.num_updates.clone()
+    terms, _, _ = ref_ghmc(logits.numpy(), one_hot(labels.numpy(), NUM_CLASSES), valid_of(weight), 30, density)
+    reference = terms.sum(1)
+    assert float(trained) == pytest.approx(reference.sum(), rel=1e-5)
+    per_example = element_losses(loss, logits, labels, weight)
+    assert per_example.tolist() == pytest.approx(reference.tolist(), rel=1e-5, abs=1e-9)
     kinds = example_kinds(logits, labels)
+    stats = record_kinds(loss, logits, labels, weight, trained, kinds)
+    check_record(stats, kinds, reference, weight, 1.0)  # the terms are already divided by N_valid
+    assert float(stats.loss.sum()) == pytest.approx(float(trained), rel=1e-6)
+    assert torch.equal(loss.running_count, running) and torch.equal(loss.num_updates, updates)
+    assert loss.num_updates.item() == 2  # the histogram moved in the two training calls only
+    # the callback then writes the parts, without the warning of a loss without an element-wise form
+    criterion = SimpleNamespace(record_stats=True, stats=stats, stats_name="cls", cls_loss=loss)
+    callback, state = ImbalanceDiagnostics(), SimpleNamespace(sums={}, bad_streak=0)
+    callback.criteria = [criterion]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        callback.on_step_end(state)
+    assert sum(state.sums[f"cls_{k}_loss"] for k in KIND_NAMES) == pytest.approx(float(trained), rel=1e-6)
+
+
+class NoElementForm(nn.Module):
+    """A loss with neither ``reduction`` nor ``element_losses``: the diagnostics can only count its examples."""
+
+    def forward(self, pred, target, weight=None, avg_factor=None):
+        return (pred.sigmoid() * weight[:, None]).sum()
+
+
+def test_a_loss_without_an_element_wise_form_records_counts_only():
+    logits, labels, weight = sigmoid_inputs()
+    loss = NoElementForm()
+    trained = call_loss(loss, logits, labels, weight, None)
+    kinds = example_kinds(logits, labels)
+    assert element_losses(loss, logits, labels, weight) is None
     stats = record_kinds(loss, logits, labels, weight, trained, kinds)
     assert stats.loss is None
     assert stats.count.tolist() == [kind_shares(kinds, torch.zeros(32), weight)[k]["count"] for k in KIND_NAMES]
-    assert torch.equal(loss.running_count, running)  # its histogram moved once, in the training call
 
 
 def test_the_callback_warns_and_writes_counts_and_fraction_only_for_such_a_loss():
-    criterion = SimpleNamespace(record_stats=False, stats=None, stats_name="cls", cls_loss=GHMC())
+    criterion = SimpleNamespace(record_stats=False, stats=None, stats_name="cls", cls_loss=NoElementForm())
     model = SimpleNamespace(modules=lambda: [nn.Identity(), criterion])
     state = SimpleNamespace(model=model, sums={"loss_cls": 1.0}, rows=[], bad_streak=0)
     diagnostics = ImbalanceDiagnostics()
     diagnostics.on_train_start(state)
     assert criterion.record_stats
     criterion.stats = KindStats(torch.tensor([1.0, 3.0, 90.0, 6.0], dtype=torch.float64), None)
-    with pytest.warns(RuntimeWarning, match="GHMC has no element-wise form"):
+    with pytest.warns(RuntimeWarning, match="NoElementForm has no element-wise form"):
         diagnostics.on_step_end(state)
     assert criterion.stats is None  # consumed: a step that does not call the criterion adds nothing
     diagnostics.on_step_end(state)
@@ -192,6 +242,7 @@ TWO_STAGE = [
 MODELS = {
     "retinanet": ("retinanet_digits", TINY_RUN),
     "retinanet_ohem": ("retinanet_digits", [*TINY_RUN, "model.sampler=ohem"]),
+    "retinanet_ghmc": ("retinanet_digits", [*TINY_RUN, "model.cls_loss=ghmc"]),
     "gfl": ("gfl_digits", DENSE),
     "faster_rcnn": ("faster_rcnn_digits", TWO_STAGE),
 }
@@ -215,8 +266,10 @@ def test_the_switch_leaves_every_loss_bit_for_bit_equal(name, tiny_data):
     torch.manual_seed(0)
     model = build_model(config["model"], 10).train()
     images, targets = next(iter(epoch_loader(load_split(config, "train", True), config, 0, 0)))
+    start = copy.deepcopy(model.state_dict())
     off = losses_of(model, images, targets, False)
     assert all(c.stats is None for c in recording(model))  # off: nothing is recorded
+    model.load_state_dict(start)  # the running state the first call moved (GHM-C's histogram)
     on = losses_of(model, images, targets, True)
     assert off.keys() == on.keys()
     for key in off:

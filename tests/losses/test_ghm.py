@@ -450,6 +450,127 @@ def test_eval_mode_uses_the_blended_estimate_without_storing_it(ema):
     assert module.num_updates.item() == 3
 
 
+# ---- element_losses: the last call's per-element terms -------------------------------------------
+
+
+def _weight_for(kind, shape, seed):
+    """``(weight for the module, its NumPy form for ref_ghmc)``: a bool row mask, or float weights in
+    [-0.75, 2.25) per element (those <= 0 fall in the ignore bin)."""
+    if kind is None:
+        return None, None
+    if kind == "mask":
+        w, w_np = _valid("row", shape, seed=seed)
+        return w, w_np
+    w = torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 3 - 0.75
+    return w, w.numpy()
+
+
+@pytest.mark.parametrize("target_kind", ["int", "onehot"])
+@pytest.mark.parametrize("weight_kind", [None, "mask", "float"])
+def test_ghmc_element_losses_are_the_reference_terms_of_the_last_call(target_kind, weight_kind):
+    m, bins = 0.75, 30
+    module, ref = GHMC(bins=bins, momentum=m), RefDensity(bins, m)
+    for step in range(3):
+        x, labels = _cls_data(n=30 + 7 * step, seed=30 + step)
+        x = x * (0.5 + step)  # a different histogram each step
+        targets, y = _targets(target_kind, labels)
+        w, w_np = _weight_for(weight_kind, x.shape, seed=40 + step)
+        terms, _, counts = ref_ghmc(x.numpy(), y, np.ones(x.shape, bool), bins, ref, weight=w_np)
+        if weight_kind is not None:
+            assert counts.sum() < x.numel()  # some elements are ignored
+        loss, _ = _run(module, x, targets, w)
+        running, updates = module.running_count.clone(), module.num_updates.clone()
+        got = module.element_losses(x, targets, weight=w)
+        assert got.shape == x.shape and got.dtype == torch.float64 and not got.requires_grad
+        _close(got, terms)
+        _close(got.sum(), loss.item())
+        if weight_kind is not None:  # the ignore bin's weight is 0
+            assert (got.numpy()[np.broadcast_to(w_np, x.shape) <= 0] == 0).all()
+        assert torch.equal(module.running_count, running) and torch.equal(module.num_updates, updates)
+        assert module.num_updates.item() == step + 1
+        assert set(module.state_dict()) == {"running_count", "num_updates"}
+
+
+@pytest.mark.parametrize("target_kind", ["int", "onehot"])
+def test_ghmc_element_losses_without_momentum_include_loss_weight_and_avg_factor(target_kind):
+    x, labels = _cls_data(seed=50)
+    targets, y = _targets(target_kind, labels)
+    valid, valid_np = _valid("elem", x.shape, seed=51)
+    module = GHMC(momentum=0.0, loss_weight=2.0)
+    for avg_factor in (None, 7.5):
+        terms, _, _ = ref_ghmc(x.numpy(), y, valid_np, avg_factor=avg_factor)
+        with torch.no_grad():  # the path without autograd keeps the table too
+            loss = module(x, targets, valid, avg_factor)
+        got = module.element_losses(x, targets, valid)
+        _close(got, 2.0 * terms)
+        _close(got.sum(), loss.item())
+
+
+def test_ghmc_element_losses_of_half_precision_logits_are_float32_and_sum_to_the_loss():
+    x, labels = _cls_data(n=64, seed=52)
+    x = x.to(torch.bfloat16)
+    module = GHMC()
+    loss = module(x, labels)
+    got = module.element_losses(x, labels)
+    assert got.dtype == torch.float32 == loss.dtype
+    terms, _, _ = ref_ghmc(x.double().numpy(), _one_hot(labels.numpy(), C), np.ones(x.shape, bool))
+    _close(got, 1 / (1 - 0.75) * terms, rtol=1e-5, atol=1e-8)  # first step of the authors' EMA: S = (1 - m) R
+    _close(got.sum(), loss.item(), rtol=1e-5)
+
+
+def test_ghmc_element_losses_follow_an_eval_mode_call():
+    m = 0.75
+    module, ref = GHMC(momentum=m), RefDensity(30, m)
+    x, labels = _cls_data(seed=53)
+    y = _one_hot(labels.numpy(), C)
+    module(x, labels)
+    ref_ghmc(x.numpy(), y, np.ones(x.shape, bool), 30, ref)
+    module.eval()
+    x2 = x * 2
+    terms, _, _ = ref_ghmc(x2.numpy(), y, np.ones(x.shape, bool), 30, lambda r: ref(r, update=False))
+    module(x2, labels)
+    _close(module.element_losses(x2, labels), terms)
+
+
+def test_element_losses_before_any_call_raise():
+    x, labels = _cls_data()
+    with pytest.raises(RuntimeError, match=r"GHMC\.element_losses.*last forward call"):
+        GHMC().element_losses(x, labels)
+    pred, target = _reg_data()
+    with pytest.raises(RuntimeError, match=r"GHMR\.element_losses.*last forward call"):
+        GHMR().element_losses(pred, target)
+
+
+def test_ghmr_element_losses_are_the_reference_terms_of_the_last_call():
+    m, bins = 0.7, 10
+    module, ref = GHMR(momentum=m, loss_weight=10.0), RefDensity(bins, m)
+    for step in range(3):
+        pred, target = _reg_data(n=30 + step, seed=60 + step)
+        valid, valid_np = _valid("elem", pred.shape, seed=70 + step, dtype=torch.float32)
+        terms, _, _ = ref_ghmr(pred.numpy(), target.numpy(), valid_np, density=ref)
+        loss, _ = _run(module, pred, target, valid)
+        running = module.running_count.clone()
+        got = module.element_losses(pred, target, weight=valid)
+        _close(got, 10.0 * terms)
+        _close(got.sum(), loss.item())
+        assert torch.equal(module.running_count, running) and module.num_updates.item() == step + 1
+
+
+def test_compiled_element_terms_match_eager(compile_mode):
+    labels = torch.randint(0, C + 1, (N,))
+    x = _bin_centre_logits(labels, C, 30)
+    valid, _ = _valid("row", (N, C))
+    module = GHMC(momentum=0.0)
+    backend.set_compile("never")  # only the element-wise path is compiled: one compilation fewer
+    loss = module(x, labels, valid)
+    eager = module.element_losses(x, labels, valid)
+    backend.set_compile("always")
+    compiled = module.element_losses(x, labels, valid)
+    assert ghm._ghmc_terms_kernel._compiled is not None
+    _close(compiled, eager.numpy(), rtol=1e-12)
+    _close(compiled.sum(), loss.item(), rtol=1e-12)
+
+
 # ---- gradients -----------------------------------------------------------------------------------
 
 
