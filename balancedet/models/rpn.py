@@ -246,15 +246,20 @@ class RPNCriterion(nn.Module):
             pred, target = self.coding.decode(deltas, priors), target_boxes
         else:
             pred, target = deltas, encoded
+        keep = sample.keep.reshape(-1)
+        # The losses see the sampled anchors only (256 an image of ~16k-200k), as torchvision's do: weighted
+        # over all anchors they kept the batch's logits, deltas, targets and masks alive through the backward
+        # pass, which put the step's peak memory above torchvision's. The RPN synchronises anyway (its NMS).
+        index = keep.nonzero().squeeze(1)
         loss_cls, loss_box = sampled_losses(
             self.cls_loss,
             self.box_loss,
-            objectness.reshape(-1, 1),
-            labels.reshape(-1),
-            pred.reshape(-1, 4),
-            target.reshape(-1, 4),
-            sample.pos.reshape(-1),
-            sample.keep.reshape(-1),
+            objectness.reshape(-1, 1)[index],
+            labels.reshape(-1)[index],
+            pred.reshape(-1, 4)[index],
+            target.reshape(-1, 4)[index],
+            sample.pos.reshape(-1)[index],
+            keep[index],
         )
         if self.record_stats:
             logits, flat = objectness.reshape(-1, 1), labels.reshape(-1)
