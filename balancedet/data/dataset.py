@@ -201,19 +201,22 @@ def build_dataset(
     train: bool,
     min_size: int | None = 800,
     max_size: int | None = 1333,
+    flip_prob: float = 0.5,
     skip_bad: bool = False,
 ) -> DetectionDataset:
-    """Load ``split`` of a dataset (a ``DataSpec``, a YAML path or a built-in name) with its transforms.
+    """Load ``split`` of a dataset (a ``DataSpec``, a YAML path or a built-in name) with its transforms:
+    the one split builder, which the trainer, ``eval`` and ``analyze`` use too (``engine.data.load_split``).
 
     Args:
         spec: the dataset.
         split: ``"train"``, ``"val"`` (or another split the YAML names).
         train: random horizontal flip on (training) or off (evaluation).
         min_size, max_size: the resize of ``DetectionTransform``.
+        flip_prob: the probability of the horizontal flip of a training image.
         skip_bad: drop malformed records and bad images with a warning instead of raising.
     """
     if not isinstance(spec, DataSpec):
         spec = load_data_spec(spec)
-    transforms = DetectionTransform(train=train, min_size=min_size, max_size=max_size)
+    transforms = DetectionTransform(train=train, min_size=min_size, max_size=max_size, flip_prob=flip_prob)
     records = spec.load(split, skip_bad=skip_bad)
     return checked_dataset(records, transforms, source=spec.split(split).annotations, train=train, skip_bad=skip_bad)

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 from balancedet.data import DataSpec, DetectionCollate, DetectionDataset, DetectionTransform, load_data_spec
-from balancedet.data.dataset import checked_dataset
+from balancedet.data.dataset import build_dataset
 
 
 def make_transform(data: dict[str, Any], train: bool) -> DetectionTransform:
@@ -30,11 +30,16 @@ def make_transform(data: dict[str, Any], train: bool) -> DetectionTransform:
 def load_split(config: dict[str, Any], split: str, train: bool, spec: DataSpec | None = None) -> DetectionDataset:
     """Split ``split`` of the configured dataset (``spec``, if already loaded) with its transforms."""
     data = config["data"]
-    spec = spec or load_data_spec(data["dataset"])
-    records = spec.load(split, skip_bad=data["skip_bad"])
     # bad images are found here, before training, or replaced as met in a large training split
-    source = spec.split(split).annotations
-    return checked_dataset(records, make_transform(data, train), source=source, train=train, skip_bad=data["skip_bad"])
+    return build_dataset(
+        spec or load_data_spec(data["dataset"]),
+        split,
+        train=train,
+        min_size=data["min_size"],
+        max_size=data["max_size"],
+        flip_prob=data["flip"],
+        skip_bad=data["skip_bad"],
+    )
 
 
 def make_collate(config: dict[str, Any]) -> DetectionCollate:
