@@ -24,3 +24,16 @@ def compile_mode():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A dataset YAML: the built-in digits scenes, 24 train and 8 val images of 64 px, for short runs."""
+    root = tmp_path_factory.mktemp("digits")
+    path = root / "tiny.yaml"
+    path.write_text(
+        "format: digits\n"
+        f"path: {root / 'cache'}\n"
+        "options: {num_train: 24, num_val: 8, image_size: 64, objects: [1, 3], object_size: [14, 32]}\n"
+    )
+    return str(path)

@@ -22,18 +22,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    path = root / "tiny.yaml"
-    path.write_text(
-        "format: digits\n"
-        f"path: {root / 'cache'}\n"
-        "options: {num_train: 24, num_val: 4, image_size: 64, objects: [1, 3], object_size: [14, 32]}\n"
-    )
-    return str(path)
-
-
 def row_value(out: str, name: str) -> str:
     """The value column of the index table's row ``name``."""
     line = next(line for line in out.splitlines() if line.startswith(name))

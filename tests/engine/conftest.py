@@ -1,5 +1,6 @@
-"""Tiny runs for the engine tests: 24 training and 8 validation digits scenes of 64 px, a narrow
-ResNet-18 RetinaNet; a run of 3 steps an epoch takes a few seconds on the CPU."""
+"""Tiny runs for the engine tests: on ``tiny_data`` (tests/conftest.py: 24 training and 8 validation
+digits scenes of 64 px), a narrow ResNet-18 RetinaNet; a run of 3 steps an epoch takes a few seconds on
+the CPU."""
 
 import pytest
 
@@ -22,19 +23,6 @@ TINY_RUN = [
     "train.schedule=epochs",
     "train.max_time=null",
 ]
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
-    """A dataset YAML: the built-in digits scenes, 24 train and 8 val images."""
-    root = tmp_path_factory.mktemp("digits")
-    path = root / "tiny.yaml"
-    path.write_text(
-        "format: digits\n"
-        f"path: {root / 'cache'}\n"
-        "options: {num_train: 24, num_val: 8, image_size: 64, objects: [1, 3], object_size: [14, 32]}\n"
-    )
-    return str(path)
 
 
 @pytest.fixture
