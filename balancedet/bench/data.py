@@ -405,31 +405,14 @@ def time_loader(dataset: Any, config: dict[str, Any], workers: int, batches: int
 def trainer_state(config: dict[str, Any], dataset: Any, device: torch.device) -> Any:
     """The model, optimiser and gradient scaler as ``balancedet.engine.train.setup`` makes them."""
     from balancedet.engine.build import build_model
-    from balancedet.engine.callbacks import TrainState
-    from balancedet.engine.data import epoch_batches
-    from balancedet.engine.runtime import amp_dtype
-    from balancedet.engine.train import make_optimizer, memory_format
+    from balancedet.engine.train import memory_format, new_state
 
     tcfg = config["train"]
     torch.manual_seed(int(tcfg["seed"]))
     model = build_model(config["model"], len(dataset.class_names)).to(device, memory_format=memory_format(tcfg))
     model.train()
-    amp = amp_dtype(tcfg["amp"], device)
-    steps_per_epoch = len(epoch_batches(len(dataset), tcfg["batch_size"], int(tcfg["seed"]), 0))
-    return TrainState(
-        config=config,
-        output=Path(tempfile.gettempdir()) / "balancedet-bench-data",
-        device=device,
-        amp=amp,
-        model=model,
-        optimizer=make_optimizer(model, tcfg),
-        scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
-        train_set=dataset,
-        val_set=dataset,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=steps_per_epoch * int(tcfg["epochs"]),
-        start_time=time.perf_counter(),
-    )
+    output = Path(tempfile.gettempdir()) / "balancedet-bench-data"
+    return new_state(config, output, device, model, dataset, dataset, time.perf_counter())
 
 
 def timed_step(state: Any, batch: tuple[torch.Tensor, list[dict]]) -> float:

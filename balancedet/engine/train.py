@@ -115,6 +115,35 @@ def run_line(config: dict[str, Any] | None, resume: Path | str | None) -> str:
     )
 
 
+def new_state(
+    config: dict[str, Any],
+    output: Path,
+    device: torch.device,
+    model: torch.nn.Module,
+    train_set: Any,
+    val_set: Any,
+    start_time: float,
+) -> TrainState:
+    """A run's state at step 0 for ``model`` on ``device``: its optimiser, gradient scaler and schedule length."""
+    tcfg = config["train"]
+    amp = amp_dtype(tcfg["amp"], device)
+    steps_per_epoch = len(epoch_batches(len(train_set), tcfg["batch_size"], int(tcfg["seed"]), 0))
+    return TrainState(
+        config=config,
+        output=output,
+        device=device,
+        amp=amp,
+        model=model,
+        optimizer=make_optimizer(model, tcfg),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
+        train_set=train_set,
+        val_set=val_set,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * int(tcfg["epochs"]),
+        start_time=start_time,
+    )
+
+
 def setup(
     config: dict[str, Any] | None, output: Path | str | None, resume: Path | str | None, start_time: float
 ) -> TrainState:
@@ -141,7 +170,7 @@ def setup(
     max_bad_steps(tcfg)
     if distributed.is_main():
         check_writable(output / "weights")  # before the data is loaded: a read-only or full disk fails now
-    amp = amp_dtype(tcfg["amp"], device)
+    amp_dtype(tcfg["amp"], device)  # a bad train.amp fails here, before the data is loaded
     seed = int(tcfg["seed"])
     random.seed(seed)
     np.random.seed(seed)
@@ -157,21 +186,7 @@ def setup(
     if device.type == "cpu" and distributed.get_world_size() > 1:
         model = distributed.cpu_sync_batchnorm(model)  # torch's SyncBatchNorm takes CUDA tensors only
     distributed.seed_rank(seed)
-    steps_per_epoch = len(epoch_batches(len(train_set), tcfg["batch_size"], seed, 0))
-    state = TrainState(
-        config=config,
-        output=output,
-        device=device,
-        amp=amp,
-        model=model,
-        optimizer=make_optimizer(model, tcfg),
-        scaler=torch.amp.GradScaler(device.type, enabled=amp == torch.float16),
-        train_set=train_set,
-        val_set=val_set,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=steps_per_epoch * tcfg["epochs"],
-        start_time=start_time,
-    )
+    state = new_state(config, output, device, model, train_set, val_set, start_time)
     if distributed.is_main():
         check_room(output / "weights", model, tcfg["optimizer"])
     if ckpt is not None:
