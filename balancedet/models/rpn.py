@@ -103,15 +103,21 @@ def sampled_losses(
     pos: Tensor,
     keep: Tensor,
 ) -> tuple[Tensor, Tensor]:
-    """Classification loss over the kept candidates, box loss over the kept positives, both divided by
+    """Classification loss over the kept candidates, box loss over the positives, both divided by
     the number kept (the two-stage normalisation of Detectron and torchvision, at least 1).
 
     ``logits (N, C)``, ``labels (N,)``, ``box_pred`` / ``box_target (N, 4)``, ``pos`` / ``keep (N,)`` bool.
+    The box loss is computed on the positive rows gathered out of ``box_pred`` (as torchvision's RPN and
+    box head index them): the same sum as weighting every row by ``pos``, but the loss's backward then
+    keeps ``(P, 4)`` predictions and targets instead of ``(N, 4)``, through the whole backward pass of the
+    network behind it (the RPN's losses are among the first nodes built, so the last ones run).
     """
     num = keep.sum().clamp(min=1).float()
+    rows = pos.nonzero().squeeze(1)
+    ones = torch.ones(rows.shape, dtype=box_pred.dtype, device=box_pred.device)
     return (
         call_loss(cls_loss, logits, labels, keep.float(), num),
-        call_loss(box_loss, box_pred, box_target, pos.float(), num),
+        call_loss(box_loss, box_pred[rows], box_target[rows], ones, num),
     )
 
 

@@ -20,6 +20,7 @@ from balancedet.models.rpn import (
     RPN_STRIDES,
     RPNCriterion,
     RPNHead,
+    sampled_losses,
 )
 from balancedet.samplers import RandomSampler
 from tests.assign.references import iou, max_iou_assign
@@ -309,3 +310,45 @@ def test_bad_arguments():
 def test_max_pool_p6_keeps_odd_sizes():
     x = torch.randn(1, 2, 5, 3)
     assert tuple(F.max_pool2d(x, 1, 2).shape[-2:]) == (3, 2)
+
+
+@pytest.mark.parametrize("num_pos", [0, 1, 5])
+def test_sampled_losses_equal_the_detectron_normalisation_with_its_gradients(num_pos):
+    """Classification BCE over the kept rows and smooth L1 (beta 1/9) summed over the positives' deltas,
+    both divided by the number kept (torchvision's ``RegionProposalNetwork.compute_loss``), written here
+    row by row in float64; the gradients of the gathered form (positives only) equal the reference's,
+    zero on every row that is not a positive, also when no row is positive."""
+    g = torch.Generator().manual_seed(num_pos)
+    n = 12
+    logits = torch.randn(n, 1, generator=g, requires_grad=True)
+    pred = torch.randn(n, 4, generator=g, requires_grad=True)
+    target = torch.randn(n, 4, generator=g)
+    keep = torch.zeros(n, dtype=torch.bool)
+    keep[:8] = True
+    pos = torch.zeros(n, dtype=torch.bool)
+    pos[:num_pos] = True
+    labels = (~pos).long()  # 0 = object (the first of one class), 1 = background, as RPNCriterion
+    loss_cls, loss_box = sampled_losses(
+        BinaryCrossEntropyLoss(), SmoothL1Loss(beta=1 / 9), logits, labels, pred, target, pos, keep
+    )
+    (loss_cls + loss_box).backward()
+
+    x, p = logits.detach().double().requires_grad_(), pred.detach().double().requires_grad_()
+    kept = int(keep.sum())
+    cls_terms, box_terms = [], []
+    for i in range(n):
+        if keep[i]:
+            y = 1.0 if pos[i] else 0.0
+            cls_terms.append(F.binary_cross_entropy_with_logits(x[i, 0], torch.tensor(y, dtype=torch.float64)))
+        if pos[i]:
+            for j in range(4):
+                d = (p[i, j] - target[i, j].double()).abs()
+                box_terms.append(torch.where(d < 1 / 9, 0.5 * d**2 * 9, d - 0.5 / 9))
+    ref_cls = sum(cls_terms) / kept
+    ref_box = sum(box_terms) / kept if box_terms else p.sum() * 0.0
+    (ref_cls + ref_box).backward()
+    torch.testing.assert_close(loss_cls.double(), ref_cls, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss_box.double(), ref_box.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits.grad.double(), x.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pred.grad.double(), p.grad, rtol=1e-5, atol=1e-6)
+    assert (pred.grad[~pos] == 0).all()
