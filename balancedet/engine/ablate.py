@@ -261,6 +261,11 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
+#: Settings that change how a run is executed, not what it computes (the same batches, the same
+#: items bit for bit): a rerun with other values still counts the runs done before.
+EXECUTION_KEYS = frozenset({"data.cache", "train.workers"})
+
+
 def _check_same_config(run: Run) -> None:
     """A run folder's ``args.yaml`` must be this run's configuration: a rerun with other settings must
     not count an old run as one of its own."""
@@ -277,6 +282,9 @@ def _check_same_config(run: Run) -> None:
         return
     old, new = _flatten(found if isinstance(found, dict) else {}), _flatten(wanted)
     differ = [k for k in sorted(set(old) | set(new)) if old.get(k, "(absent)") != new.get(k, "(absent)")]
+    differ = [k for k in differ if k not in EXECUTION_KEYS]
+    if not differ:
+        return
     shown = "; ".join(f"{k}: {old.get(k, '(absent)')!r} there, {new.get(k, '(absent)')!r} now" for k in differ[:5])
     more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
     raise ValueError(

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "size_divisible": 128,
         "skip_bad": False,
         "flip": 0.5,
+        "cache": "auto",  # decoded images kept in memory: true, false, or auto (small splits; data.dataset)
     },
     "train": {
         "epochs": 12,

@@ -39,6 +39,7 @@ def load_split(config: dict[str, Any], split: str, train: bool, spec: DataSpec |
         max_size=data["max_size"],
         flip_prob=data["flip"],
         skip_bad=data["skip_bad"],
+        cache=data.get("cache", "auto"),  # a run saved before the key existed: its default
     )
 
 

@@ -78,6 +78,8 @@ def train(
     if verbose:
         print(run_line(config, resume), flush=True)
     state = setup(config, output, resume, start_time=start_time)
+    if verbose:
+        print(data_line(state.train_set, state.val_set), flush=True)
     hooks = [*default_callbacks(state.config, verbose), *callbacks]
     try:
         fire(hooks, "on_train_start", state)
@@ -113,6 +115,14 @@ def run_line(config: dict[str, Any] | None, resume: Path | str | None) -> str:
         f"balancedet train: {where}: ends within {tcfg['max_time']:g} s wall (data, training and the final "
         f"evaluation), {fitted}"
     )
+
+
+def data_line(train_set: Any, val_set: Any) -> str:
+    """The run's second line: the splits' sizes, and whether their decoded images are kept (``data.cache``)."""
+    cached = [(name, getattr(ds, "cached_bytes", 0)) for name, ds in (("training", train_set), ("validation", val_set))]
+    kept = [f"{name} {size / 2**20:.0f} MiB" for name, size in cached if size]
+    how = f"decoded once and kept in memory ({', '.join(kept)})" if kept else "decoded as read (data.cache)"
+    return f"data: {len(train_set)} training and {len(val_set)} validation images, {how}"
 
 
 def new_state(

@@ -647,9 +647,30 @@ def test_a_large_training_split_is_not_checked_first_and_trains_past_a_bad_image
     write_coco_split(tmp_path, "train", [*images, (7, "truncated.jpg", 64, 48, [([2, 2, 9, 9], 1)])])
     write_val(tmp_path)
     monkeypatch.setattr(dataset_module, "PREFLIGHT_MAX_IMAGES", 4)
+    # a split too large to keep decoded (data.cache=false here): with the cache every image is decoded first
+    argv = train_argv(write_yaml(tmp_path), tmp_path / "run", "--set", "data.cache=false")
     with pytest.warns(BadRecordWarning, match=r"truncated\.jpg: image id 7: .*1 bad image\(s\) met so far"):
-        assert cli.main(train_argv(write_yaml(tmp_path), tmp_path / "run")) == 0
+        assert cli.main(argv) == 0
     assert (tmp_path / "run" / "weights" / "last.pt").is_file()
+
+
+def test_a_large_training_split_kept_decoded_is_checked_first(tmp_path, monkeypatch, capsys):
+    """With data.cache the whole split is decoded before training, whatever its size: the bad image is an
+    error naming its file and id before the first step, or with skip_bad dropped with a count."""
+    images = odd_but_valid_train_set(tmp_path)
+    truncated_jpeg(image_dir(tmp_path, "train") / "truncated.jpg")
+    write_coco_split(tmp_path, "train", [*images, (7, "truncated.jpg", 64, 48, [([2, 2, 9, 9], 1)])])
+    write_val(tmp_path)
+    monkeypatch.setattr(dataset_module, "PREFLIGHT_MAX_IMAGES", 4)
+    argv = train_argv(write_yaml(tmp_path), tmp_path / "run", "--set", "data.cache=true")
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert f"{image_dir(tmp_path, 'train') / 'truncated.jpg'}: image id 7: cannot decode the image" in err[0]
+    assert not (tmp_path / "run" / "weights" / "last.pt").exists()
+    with pytest.warns(BadRecordWarning, match=r"1 .*skipped|skipped.*1"):
+        assert cli.main([*argv, "--set", "data.skip_bad=true", "--output", str(tmp_path / "run2")]) == 0
+    assert (tmp_path / "run2" / "weights" / "last.pt").is_file()
 
 
 def test_an_image_with_5000_boxes_trains_a_step(tmp_path):

@@ -188,6 +188,25 @@ def test_a_rerun_trains_only_what_is_missing(tmp_path, monkeypatch):
         ablate(study, seeds=1, overrides=[*EPOCH[:2], "train.epochs=2"], output=tmp_path, verbose=False)
 
 
+def test_a_rerun_with_other_execution_settings_counts_the_runs_done(tmp_path, monkeypatch):
+    """data.cache and train.workers change how a run reads its data, not what it computes (the same items,
+    the same batches): a run saved before data.cache existed, or a rerun with more workers, is not
+    trained again; any other setting that differs still is an error."""
+    study = grid_study("model.cls_loss=focal")
+    monkeypatch.setattr(ablate_module, "train", FakeTrain())
+    ablate(study, seeds=1, overrides=EPOCH, output=tmp_path, verbose=False)
+    args = tmp_path / "cls_loss=focal_seed0" / "args.yaml"
+    saved = yaml.safe_load(args.read_text())
+    del saved["data"]["cache"]  # written before the key existed
+    args.write_text(yaml.safe_dump(saved, sort_keys=False))
+    again = FakeTrain()
+    monkeypatch.setattr(ablate_module, "train", again)
+    ablate(study, seeds=1, overrides=[*EPOCH, "train.workers=2", "data.cache=false"], output=tmp_path, verbose=False)
+    assert again.calls == []
+    with pytest.raises(ValueError, match=r"another configuration \(data.flip: 0.5 there, 0.0 now\)"):
+        ablate(study, seeds=1, overrides=[*EPOCH, "data.flip=0.0"], output=tmp_path, verbose=False)
+
+
 def test_a_schedule_fitted_to_time_is_flagged(tmp_path, monkeypatch):
     monkeypatch.setattr(ablate_module, "train", FakeTrain())
     with pytest.warns(UserWarning, match=r"2 of 2 cells fit their schedule to train.max_time"):
