@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     ab.add_argument("--seeds", type=int, default=3, help="seeds per cell: train.seed = 0 .. N-1 (default 3)")
     ab.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ab.add_argument("--output", help="ablation folder (default runs/ablate/<study or config>); a rerun resumes it")
+    ab.add_argument(
+        "--cells",
+        help="comma-separated cell names: train only those now (the reports cover every cell, with the runs done)",
+    )
 
     an = sub.add_parser("analyze", help="class, box and anchor statistics; with --checkpoint, who takes the loss")
     an.add_argument("--data", help="dataset YAML or 'digits' (default: the config's, or the checkpoint's)")
@@ -157,7 +161,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.command == "ablate":
         from balancedet.engine.ablate import run_ablation
 
-        run_ablation(args.config, args.grid, args.study, args.seeds, args.overrides, args.output)
+        cells = [c.strip() for c in args.cells.split(",") if c.strip()] if args.cells is not None else None
+        run_ablation(args.config, args.grid, args.study, args.seeds, args.overrides, args.output, cells=cells)
         return 0
     if args.command == "eval":
         from balancedet.engine.evaluate import evaluate_checkpoint

@@ -480,13 +480,29 @@ def write_reports(study: Study, runs: Sequence[Run], seeds: int, overrides: Sequ
 
 
 def ablate(
-    study: Study, seeds: int = 3, overrides: Sequence[str] = (), output: Path | str | None = None, verbose: bool = True
+    study: Study,
+    seeds: int = 3,
+    overrides: Sequence[str] = (),
+    output: Path | str | None = None,
+    verbose: bool = True,
+    cells: Sequence[str] | None = None,
 ) -> Path:
     """Train every cell of ``study`` with ``seeds`` seeds in ``output`` (default ``runs/ablate/<name>``),
     skipping the runs done and resuming the killed ones; returns the folder with ``ablation.csv``,
-    ``summary.md`` and ``ablation.png``."""
+    ``summary.md`` and ``ablation.png``. ``cells`` (names): train only those cells' runs now, in the
+    study's order; the reports still cover every cell, with the runs done so far."""
     output = Path(output or Path("runs/ablate") / study.name)
     runs = plan_runs(study, seeds, list(overrides), output)
+    chosen = runs
+    if cells is not None:
+        names = [cell.name for cell in study.cells]
+        unknown = [name for name in cells if name not in names]
+        if unknown or not cells:
+            raise ValueError(
+                f"--cells {','.join(cells)}: {'no such cell ' + ', '.join(unknown) if unknown else 'none given'} "
+                f"(cells of {study.name}: {', '.join(names)})"
+            )
+        chosen = [run for run in runs if run.cell.name in set(cells)]
     output.mkdir(parents=True, exist_ok=True)
     timed = {run.cell.name for run in runs if run.config["train"]["schedule"] == "time"}
     if timed:
@@ -498,13 +514,15 @@ def ablate(
             stacklevel=2,
         )
     if verbose:
+        now = f"; now the {len(chosen)} of cells {', '.join(cells)}" if cells is not None else ""
         print(
-            f"balancedet ablate {study.name}: {len(study.cells)} cells x {seeds} seeds = {len(runs)} runs in {output}"
+            f"balancedet ablate {study.name}: {len(study.cells)} cells x {seeds} seeds = {len(runs)} runs in "
+            f"{output}{now}"
         )
-    for i, run in enumerate(runs, 1):
+    for i, run in enumerate(chosen, 1):
         outcome = execute(run, verbose)
         if verbose:
-            print(f"ablate [{i}/{len(runs)}] {run.folder.name}: {outcome}", flush=True)
+            print(f"ablate [{i}/{len(chosen)}] {run.folder.name}: {outcome}", flush=True)
         write_reports(study, runs, seeds, overrides, output)
     if verbose:
         print((output / "summary.md").read_text())
@@ -520,6 +538,7 @@ def run_ablation(
     overrides: Sequence[str] = (),
     output: Path | str | None = None,
     verbose: bool = True,
+    cells: Sequence[str] | None = None,
 ) -> Path:
     """``balancedet ablate``: ``--study NAME`` or ``--config C --grid ...``; see ``ablate``."""
     if study is not None:
@@ -527,8 +546,8 @@ def run_ablation(
             raise ValueError("--study runs a study's own presets and cells: drop --config/--grid (--set still applies)")
         if study not in STUDIES:
             raise ValueError(f"--study {study!r}: no such study (studies: {', '.join(STUDIES)})")
-        return ablate(STUDIES[study], seeds, overrides, output, verbose)
+        return ablate(STUDIES[study], seeds, overrides, output, verbose, cells)
     if config is None:
         raise ValueError("give --study NAME, or --config C with --grid section.key=value1,value2,...")
-    cells = grid_cells(grid)
-    return ablate(Study(Path(config).stem, config, tuple(cells)), seeds, overrides, output, verbose)
+    study_cells = grid_cells(grid)
+    return ablate(Study(Path(config).stem, config, tuple(study_cells)), seeds, overrides, output, verbose, cells)

@@ -207,6 +207,25 @@ def test_a_rerun_with_other_execution_settings_counts_the_runs_done(tmp_path, mo
         ablate(study, seeds=1, overrides=[*EPOCH, "data.flip=0.0"], output=tmp_path, verbose=False)
 
 
+def test_cells_trains_only_the_cells_named_and_reports_every_cell(tmp_path, monkeypatch):
+    study = grid_study("model.cls_loss=focal,ghmc")
+    first = FakeTrain()
+    monkeypatch.setattr(ablate_module, "train", first)
+    ablate(study, seeds=2, overrides=EPOCH, output=tmp_path, verbose=False, cells=["cls_loss=ghmc"])
+    assert [Path(c["output"]).name for c in first.calls] == ["cls_loss=ghmc_seed0", "cls_loss=ghmc_seed1"]
+    rows = list(csv.DictReader((tmp_path / "ablation.csv").open()))
+    assert [r["run"] for r in rows] == ["cls_loss=ghmc_seed0", "cls_loss=ghmc_seed1"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "cls_loss=focal" in summary and "cls_loss=ghmc" in summary
+    # the rest later, in the same folder: only what is missing
+    rest = FakeTrain()
+    monkeypatch.setattr(ablate_module, "train", rest)
+    ablate(study, seeds=2, overrides=EPOCH, output=tmp_path, verbose=False)
+    assert [Path(c["output"]).name for c in rest.calls] == ["cls_loss=focal_seed0", "cls_loss=focal_seed1"]
+    with pytest.raises(ValueError, match=r"no such cell cls_loss=qfl \(cells of grid: cls_loss=focal, cls_loss=ghmc\)"):
+        ablate(study, seeds=2, overrides=EPOCH, output=tmp_path, verbose=False, cells=["cls_loss=qfl"])
+
+
 def test_a_schedule_fitted_to_time_is_flagged(tmp_path, monkeypatch):
     monkeypatch.setattr(ablate_module, "train", FakeTrain())
     with pytest.warns(UserWarning, match=r"2 of 2 cells fit their schedule to train.max_time"):
