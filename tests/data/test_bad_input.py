@@ -641,12 +641,17 @@ def test_skip_bad_trains_on_the_rest_with_warnings_and_counts(tmp_path):
     assert (tmp_path / "run" / "metrics.json").is_file()
 
 
-def test_a_large_training_split_is_not_checked_first_and_trains_past_a_bad_image(tmp_path, monkeypatch):
+def large_split_with_a_truncated_jpeg(tmp_path: Path, monkeypatch) -> None:
+    """A training split of 5 images, image id 7 a truncated JPEG, above a pre-flight limit lowered to 4."""
     images = odd_but_valid_train_set(tmp_path)
     truncated_jpeg(image_dir(tmp_path, "train") / "truncated.jpg")
     write_coco_split(tmp_path, "train", [*images, (7, "truncated.jpg", 64, 48, [([2, 2, 9, 9], 1)])])
     write_val(tmp_path)
     monkeypatch.setattr(dataset_module, "PREFLIGHT_MAX_IMAGES", 4)
+
+
+def test_a_large_training_split_is_not_checked_first_and_trains_past_a_bad_image(tmp_path, monkeypatch):
+    large_split_with_a_truncated_jpeg(tmp_path, monkeypatch)
     # a split too large to keep decoded (data.cache=false here): with the cache every image is decoded first
     argv = train_argv(write_yaml(tmp_path), tmp_path / "run", "--set", "data.cache=false")
     with pytest.warns(BadRecordWarning, match=r"truncated\.jpg: image id 7: .*1 bad image\(s\) met so far"):
@@ -657,11 +662,7 @@ def test_a_large_training_split_is_not_checked_first_and_trains_past_a_bad_image
 def test_a_large_training_split_kept_decoded_is_checked_first(tmp_path, monkeypatch, capsys):
     """With data.cache the whole split is decoded before training, whatever its size: the bad image is an
     error naming its file and id before the first step, or with skip_bad dropped with a count."""
-    images = odd_but_valid_train_set(tmp_path)
-    truncated_jpeg(image_dir(tmp_path, "train") / "truncated.jpg")
-    write_coco_split(tmp_path, "train", [*images, (7, "truncated.jpg", 64, 48, [([2, 2, 9, 9], 1)])])
-    write_val(tmp_path)
-    monkeypatch.setattr(dataset_module, "PREFLIGHT_MAX_IMAGES", 4)
+    large_split_with_a_truncated_jpeg(tmp_path, monkeypatch)
     argv = train_argv(write_yaml(tmp_path), tmp_path / "run", "--set", "data.cache=true")
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
