@@ -77,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     ab.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ab.add_argument("--output", help="ablation folder (default runs/ablate/<study or config>); a rerun resumes it")
     ab.add_argument(
+        "--epochs",
+        type=int,
+        help="a study's length in epochs of its data (its warm-up and decay keep their share); default its own",
+    )
+    ab.add_argument(
         "--cells",
         help="comma-separated cell names: train only those now (the reports cover every cell, with the runs done)",
     )
@@ -162,7 +167,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         from balancedet.engine.ablate import run_ablation
 
         cells = [c.strip() for c in args.cells.split(",") if c.strip()] if args.cells is not None else None
-        run_ablation(args.config, args.grid, args.study, args.seeds, args.overrides, args.output, cells=cells)
+        run_ablation(
+            args.config, args.grid, args.study, args.seeds, args.overrides, args.output, cells=cells, epochs=args.epochs
+        )
         return 0
     if args.command == "eval":
         from balancedet.engine.evaluate import evaluate_checkpoint

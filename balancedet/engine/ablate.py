@@ -27,6 +27,7 @@ The ablation folder holds, rewritten after every run:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import itertools
 import json
 import math
@@ -50,7 +51,7 @@ import yaml  # noqa: E402
 from balancedet.engine.callbacks import Callback, TrainState  # noqa: E402
 from balancedet.engine.config import load_config, parse_override  # noqa: E402
 from balancedet.engine.evaluate import METRIC_KEYS  # noqa: E402
-from balancedet.engine.studies import STUDIES, Cell, Claim, Study  # noqa: E402
+from balancedet.engine.studies import STUDIES, Cell, Claim, Study, study_schedule  # noqa: E402
 from balancedet.engine.train import train  # noqa: E402
 
 __all__ = [
@@ -539,14 +540,21 @@ def run_ablation(
     output: Path | str | None = None,
     verbose: bool = True,
     cells: Sequence[str] | None = None,
+    epochs: int | None = None,
 ) -> Path:
-    """``balancedet ablate``: ``--study NAME`` or ``--config C --grid ...``; see ``ablate``."""
+    """``balancedet ablate``: ``--study NAME`` (at its own length, or ``epochs`` of its data with the same
+    shape: ``study_schedule``) or ``--config C --grid ...``; see ``ablate``."""
     if study is not None:
         if config is not None or grid:
             raise ValueError("--study runs a study's own presets and cells: drop --config/--grid (--set still applies)")
         if study not in STUDIES:
             raise ValueError(f"--study {study!r}: no such study (studies: {', '.join(STUDIES)})")
-        return ablate(STUDIES[study], seeds, overrides, output, verbose, cells)
+        chosen = STUDIES[study]
+        if epochs is not None:
+            chosen = dataclasses.replace(chosen, schedule=study_schedule(epochs))
+        return ablate(chosen, seeds, overrides, output, verbose, cells)
+    if epochs is not None:
+        raise ValueError("--epochs sets a study's length: with --config/--grid, use --set train.epochs=... instead")
     if config is None:
         raise ValueError("give --study NAME, or --config C with --grid section.key=value1,value2,...")
     study_cells = grid_cells(grid)

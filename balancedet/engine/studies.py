@@ -62,7 +62,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["STUDIES", "STUDY_DIGITS", "Cell", "Claim", "Study"]
+__all__ = ["STUDIES", "STUDY_DIGITS", "Cell", "Claim", "Study", "study_schedule"]
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,11 @@ STUDY_DIGITS: dict[str, object] = {"num_train": 2000}
 _STEPS_PER_EPOCH = 2000 // 16
 
 
-def _schedule(epochs: int) -> tuple[str, ...]:
-    """``epochs`` of ``STUDY_DIGITS`` with the presets' shape: decay at 4/5, warm-up at most a quarter."""
+def study_schedule(epochs: int) -> tuple[str, ...]:
+    """``epochs`` of ``STUDY_DIGITS`` with the presets' shape: decay at 4/5, warm-up at most a quarter
+    (``balancedet ablate --study NAME --epochs N`` trains a study at another length with it)."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"--epochs {epochs!r}: expected a positive number of epochs")
     warmup = min(100, epochs * _STEPS_PER_EPOCH // 4)
     return (
         "train.schedule=epochs",
@@ -169,7 +172,7 @@ STUDIES: dict[str, Study] = {
             Cell("SSD-3to1", ("model.cls_loss=ce", "model.sampler=ssd")),
             Cell("GHM-C", ("model.cls_loss=ghmc",)),
         ),
-        schedule=_schedule(2),
+        schedule=study_schedule(2),
         digits=STUDY_DIGITS,
         claims=(
             Claim("FL-gamma2", "alpha-CE", True, f"{_FOCAL_PAPER}, Table 1a-b"),
@@ -186,7 +189,7 @@ STUDIES: dict[str, Study] = {
             Cell("QFL", ("model.cls_loss=qfl", "model.dfl_weight=0")),
             Cell("QFL+DFL", ("model.cls_loss=qfl", "model.dfl_weight=0.25")),
         ),
-        schedule=_schedule(6),
+        schedule=study_schedule(6),
         digits=STUDY_DIGITS,
         claims=(
             Claim("QFL+DFL", "QFL", False, "GFL paper (arXiv 2006.04388), Table 1"),
@@ -203,7 +206,7 @@ STUDIES: dict[str, Study] = {
             Cell("OHEM", (), "faster_rcnn_ohem_digits"),
             Cell("A-Fast-RCNN", (), "a_fast_rcnn_digits"),
         ),
-        schedule=_schedule(2),
+        schedule=study_schedule(2),
         digits=STUDY_DIGITS,
         claims=(
             Claim("Libra-RCNN", "Faster-RCNN", False, "Libra R-CNN (arXiv 1904.02701), Table 1"),

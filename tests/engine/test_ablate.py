@@ -14,7 +14,7 @@ import yaml
 
 from balancedet.cli import main as cli_main
 from balancedet.engine import ablate as ablate_module
-from balancedet.engine.ablate import ablate, grid_cells, plan_runs, read_rows, summarize
+from balancedet.engine.ablate import ablate, grid_cells, plan_runs, read_rows, run_ablation, summarize
 from balancedet.engine.build import build_remedies
 from balancedet.engine.callbacks import Callback
 from balancedet.engine.checkpoint import load_checkpoint
@@ -342,6 +342,26 @@ def test_every_study_plans_its_papers_settings_on_one_schedule(tmp_path):
     assert libra["Faster-RCNN"]["sampler"] == "random" and libra["Libra-RCNN"]["sampler"] == "libra"
     assert libra["Libra-RCNN"]["bfp"] == "non_local" and libra["Libra-RCNN"]["box_loss"] == "balanced_l1"
     assert libra["OHEM"]["sampler"] == "ohem" and libra["A-Fast-RCNN"]["adversary"] == "asdn"
+
+
+def test_epochs_lengthens_a_study_with_its_shape(tmp_path, monkeypatch):
+    """``--epochs 6`` on the focal study: 750 steps, the decay at 4/5 (4.8 epochs) and the presets' 100
+    warm-up steps, one evaluation at the end, in every cell; an error with a grid or a bad count."""
+    given = []
+    monkeypatch.setattr(ablate_module, "ablate", lambda study, *args: given.append(study) or tmp_path)
+    assert cli_main(["ablate", "--study", "focal", "--seeds", "1", "--epochs", "6", "--output", str(tmp_path)]) == 0
+    (study,) = given
+    assert study.cells == STUDIES["focal"].cells and study.claims == STUDIES["focal"].claims
+    for run in plan_runs(study, 1, [], tmp_path):
+        train = run.config["train"]
+        shape = (train["epochs"], train["milestones"], train["warmup_iters"], train["eval_interval"])
+        assert shape == (6, [4.8], 100, 6)
+    short = plan_runs(STUDIES["focal"], 1, [], tmp_path / "short")[0].config["train"]
+    assert (short["epochs"], short["milestones"], short["warmup_iters"]) == (2, [1.6], 62)  # its own: 250 steps
+    with pytest.raises(ValueError, match=r"--epochs sets a study's length"):
+        run_ablation("retinanet_digits", ["model.cls_loss=focal,ghmc"], None, epochs=3, output=tmp_path / "g")
+    with pytest.raises(ValueError, match=r"--epochs 0: expected a positive number"):
+        run_ablation(None, [], "focal", epochs=0, output=tmp_path / "z")
 
 
 def test_cli_ablate_errors_are_one_line(tmp_path, capsys, monkeypatch):
