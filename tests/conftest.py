@@ -26,14 +26,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+def digits_yaml(root, name: str, options: str) -> str:
+    """``root/<name>.yaml``: the built-in digits scenes of ``options`` (a YAML mapping), cached under ``root``."""
+    path = root / f"{name}.yaml"
+    path.write_text(f"format: digits\npath: {root / 'cache'}\noptions: {options}\n")
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """A dataset YAML: the built-in digits scenes, 24 train and 8 val images of 64 px, for short runs."""
-    root = tmp_path_factory.mktemp("digits")
-    path = root / "tiny.yaml"
-    path.write_text(
-        "format: digits\n"
-        f"path: {root / 'cache'}\n"
-        "options: {num_train: 24, num_val: 8, image_size: 64, objects: [1, 3], object_size: [14, 32]}\n"
-    )
-    return str(path)
+    options = "{num_train: 24, num_val: 8, image_size: 64, objects: [1, 3], object_size: [14, 32]}"
+    return digits_yaml(tmp_path_factory.mktemp("digits"), "tiny", options)

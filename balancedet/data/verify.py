@@ -79,14 +79,10 @@ def _check(
     pixels: list[Tensor] = []
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        # without keep the images are dropped in the threads: finished but not yet consumed results would
+        # without keep the threads return the message only: finished results not yet consumed would
         # otherwise hold decoded images
-        results = (
-            pool.map(_decode, record_set.records)
-            if keep
-            else ((None, p) for p in pool.map(image_problem, record_set.records))
-        )
-        for index, (image, problem) in enumerate(results):
+        for index, result in enumerate(pool.map(_decode if keep else image_problem, record_set.records)):
+            image, problem = result if keep else (None, result)
             if problem is not None:
                 errors(problem)
                 bad.add(index)

@@ -9,19 +9,14 @@ import pytest
 
 from balancedet.engine.config import load_config
 from balancedet.engine.train import train
+from tests.conftest import digits_yaml
 
 
 @pytest.fixture(scope="module")
 def small_digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("smoke")
-    path = root / "smoke.yaml"
-    path.write_text(
-        "format: digits\n"
-        f"path: {root / 'cache'}\n"
-        "options: {num_train: 400, num_val: 48, image_size: 64, objects: [1, 2], object_size: [24, 44],"
-        " distractors: [0, 2]}\n"
-    )
-    return str(path)
+    options = "{num_train: 400, num_val: 48, image_size: 64, objects: [1, 2], object_size: [24, 44],"
+    options += " distractors: [0, 2]}"
+    return digits_yaml(tmp_path_factory.mktemp("smoke"), "smoke", options)
 
 
 def test_short_training_reaches_a_non_trivial_ap(small_digits, tmp_path):
