@@ -28,6 +28,11 @@ load on a shared machine:
   random sampling. The box predictors differ by design: torchvision regresses a box for the
   background class too (``4 (K + 1)`` outputs against our ``4 K``).
 
+- ``pool``: multi-scale RoIAlign alone, forward and backward, on the ``rcnn`` stage's problem (P2-P5 of 256
+  channels for ``--batch`` images of ``--size``, ``--rois`` RoIs per image of sides from 16 px to the image's):
+  our sparse products (``balancedet.models.roi_align``) against ``torchvision.ops.MultiScaleRoIAlign``, and
+  the largest difference of their values and of their gradients, on the same inputs.
+
 Peak memory is read from the CPU allocator through ``torch.profiler`` (``profile_memory=True``):
 each allocation event carries the bytes allocated since profiling started and still live, whose
 maximum over the step, less its value before the first allocation, is the step's peak on top of
@@ -58,6 +63,7 @@ from balancedet.models.backbones import ResNetBackbone
 from balancedet.models.faster_rcnn import FasterRCNN
 from balancedet.models.pyramid import build_pyramid
 from balancedet.models.retinanet import RetinaNet
+from balancedet.models.roi_align import MultiLevelRoIAlign
 from balancedet.models.rpn import RPN_STRIDES
 from balancedet.samplers import OHEMSampler, RandomSampler, libra_sampler
 
@@ -73,9 +79,14 @@ RCNN_NAMES = {
     "ohem": "balancedet Faster R-CNN + OHEM",
     "libra": "balancedet Libra R-CNN",
 }
-STAGES = ("step", "loss", "rcnn")
+STAGES = ("step", "loss", "rcnn", "pool")
+POOL_NAMES = {"balancedet": "balancedet RoIAlign (sparse)", "torchvision": "torchvision MultiScaleRoIAlign"}
+#: channels of the pyramid the pool stage pools from (the FPN's)
+POOL_CHANNELS = 256
 #: Goals of the two-stage round: ours no slower than torchvision's; a remedy's step against random sampling.
 GOAL_RCNN_SPEEDUP = 1.0
+#: our RoIAlign is written only because it is faster than torchvision's on the CPU: it must stay so
+GOAL_POOL_SPEEDUP = 1.0
 GOAL_REMEDY_RATIO = {"ohem": 1.3, "libra": 1.1}
 
 
@@ -189,6 +200,8 @@ def build_torchvision_rcnn(cfg: Config) -> nn.Module:
 
 def build_model(kind: str, cfg: Config, stage: str = "step") -> nn.Module:
     torch.manual_seed(0)
+    if stage == "pool":
+        return MultiLevelRoIAlign(4, 7, 2, kernel="sparse" if kind == "balancedet" else "torchvision")
     if stage == "rcnn":
         if kind == "torchvision":
             return build_torchvision_rcnn(cfg)
@@ -249,8 +262,57 @@ def make_loss_stage(model: nn.Module, cfg: Config, ours: bool) -> Callable[[], N
     return tv_stage
 
 
+def pool_problem(cfg: Config) -> tuple[list[Tensor], list[Tensor], tuple[int, int]]:
+    """The pool stage's pyramid (P2-P5 of ``POOL_CHANNELS``), ``cfg.rois`` boxes per image (sides 16 px to the
+    image's, some reaching past its border) and the padded input size."""
+    g = torch.Generator().manual_seed(0)
+    levels = [
+        torch.randn((cfg.batch, POOL_CHANNELS, -(-cfg.height // s), -(-cfg.width // s)), generator=g)
+        for s in (4, 8, 16, 32)
+    ]
+    extent = torch.tensor([cfg.width, cfg.height], dtype=torch.float32)
+    boxes = []
+    for _ in range(cfg.batch):
+        wh = 16 + torch.rand((cfg.rois, 2), generator=g) * (extent - 16)
+        xy = torch.rand((cfg.rois, 2), generator=g) * extent - wh / 2
+        boxes.append(torch.cat((xy, xy + wh), dim=1))
+    return levels, boxes, (cfg.height, cfg.width)
+
+
+def pool_outputs(model: nn.Module, cfg: Config) -> tuple[Tensor, list[Tensor]]:
+    """The pooled features of the pool stage's problem and the pyramid's gradient under a fixed upstream one."""
+    levels, boxes, size = pool_problem(cfg)
+    inputs = [level.clone().requires_grad_() for level in levels]
+    pooled = model(inputs, boxes, size)
+    pooled.backward(torch.randn(pooled.shape, generator=torch.Generator().manual_seed(1)))
+    return pooled.detach(), [level.grad for level in inputs]
+
+
+def pool_difference(cfg: Config) -> tuple[float, float]:
+    """The largest absolute difference between our pooled features and torchvision's, and between the
+    pyramid gradients they give."""
+    (ours, our_grads), (theirs, their_grads) = (pool_outputs(build_model(k, cfg, "pool"), cfg) for k in KINDS)
+    grads = max((a - b).abs().max().item() for a, b in zip(our_grads, their_grads, strict=True))
+    return (ours - theirs).abs().max().item(), grads
+
+
+def make_pool_stage(model: nn.Module, cfg: Config) -> Callable[[], None]:
+    levels, boxes, size = pool_problem(cfg)
+    inputs = [level.requires_grad_() for level in levels]
+    grad = torch.randn((cfg.batch * cfg.rois, POOL_CHANNELS, 7, 7), generator=torch.Generator().manual_seed(1))
+
+    def stage() -> None:
+        for level in inputs:
+            level.grad = None
+        model(inputs, boxes, size).backward(grad)
+
+    return stage
+
+
 def build_step(kind: str, stage: str, cfg: Config) -> tuple[nn.Module, Callable[[], None]]:
     model = build_model(kind, cfg, stage)
+    if stage == "pool":
+        return model, make_pool_stage(model, cfg)
     ours = kind != "torchvision"
     if stage in ("step", "rcnn"):
         images, targets = make_batch(cfg.batch, cfg.height, cfg.width, cfg.classes, cfg.boxes)
@@ -365,9 +427,10 @@ def format_stage(stage: str, cfg: Config, results: list[Result]) -> str:
     base = by_kind["torchvision"]
     rcnn = stage == "rcnn"
     rows = []
+    names = RCNN_NAMES if rcnn else POOL_NAMES if stage == "pool" else {k: f"{k} RetinaNet" for k in KINDS}
     for r in results:
         row = [
-            RCNN_NAMES[r.kind] if rcnn else f"{r.kind} RetinaNet",
+            names[r.kind],
             f"{r.seconds * 1e3:.1f}",
             f"{cfg.batch / r.seconds:.2f}",
             f"{base.seconds / r.seconds:.2f}x",
@@ -384,25 +447,34 @@ def format_stage(stage: str, cfg: Config, results: list[Result]) -> str:
         "step": "training step",
         "loss": "loss stage (anchors + assignment + losses + backward)",
         "rcnn": "two-stage training step",
+        "pool": "multi-scale RoIAlign, forward and backward",
     }[stage]
     title = f"{what}: {cfg.batch} images {cfg.height}x{cfg.width}, {cfg.classes} classes, {cfg.boxes} boxes/image"
+    if stage == "pool":
+        title = (
+            f"{what}: {cfg.batch} images {cfg.height}x{cfg.width}, P2-P5 of {POOL_CHANNELS} channels, "
+            f"{cfg.rois} RoIs/image, 7x7, 2x2 samples a bin"
+        )
     header = ["model", "ms", "images/s", "vs torchvision", *(["time vs random"] if rcnn else [])]
     header += ["peak memory", "params", "1st call ms"]
     return f"{title}\n{format_table(header, rows)}"
 
 
-def summary(stage: str, results: list[Result]) -> str:
-    """One line: the speed-up over torchvision and the memory against it, and the goals met or missed."""
+def summary(stage: str, results: list[Result], difference: tuple[float, float] | None = None) -> str:
+    """One line: the speed-up over torchvision and the memory against it, and the goals met or missed; for
+    the pool stage, ``difference`` (``pool_difference``) too."""
     by_kind = {r.kind: r for r in results}
     ours, theirs = by_kind["balancedet"], by_kind["torchvision"]
     speedup = theirs.seconds / ours.seconds
     known = ours.peak_bytes is not None and theirs.peak_bytes is not None
     memory = "unknown" if not known else "not above" if ours.peak_bytes <= theirs.peak_bytes else "ABOVE"
     goal = ""
-    if stage in ("step", "rcnn"):
-        want = GOAL_SPEEDUP if stage == "step" else GOAL_RCNN_SPEEDUP
+    if stage in ("step", "rcnn", "pool"):
+        want = {"step": GOAL_SPEEDUP, "rcnn": GOAL_RCNN_SPEEDUP, "pool": GOAL_POOL_SPEEDUP}[stage]
         goal = f" (goal >= {want}x: {'met' if speedup >= want else 'MISSED'})"
     line = f"{stage}: speed-up {speedup:.2f}x{goal}; peak memory {memory} torchvision's"
+    if difference is not None:
+        line += f"; largest difference from torchvision's: values {difference[0]:.1e}, gradients {difference[1]:.1e}"
     for kind, limit in GOAL_REMEDY_RATIO.items():
         if kind in by_kind:
             ratio = by_kind[kind].seconds / ours.seconds
@@ -427,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loss-batch", type=int, default=2)
     parser.add_argument("--loss-classes", type=int, default=80)
     parser.add_argument("--loss-boxes", type=int, default=20)
-    parser.add_argument("--rois", type=int, default=512, help="two-stage round: box-head RoIs per image")
+    parser.add_argument("--rois", type=int, default=512, help="two-stage and pool rounds: box-head RoIs per image")
     parser.add_argument("--proposals", type=int, default=1000, help="two-stage round: proposals per training image")
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--memory", choices=["subprocess", "inline", "off"], default="subprocess")
@@ -445,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             args.depth, args.norm, args.loss_batch, *args.loss_size, args.loss_classes, args.loss_boxes, args.threads
         ),
         "rcnn": replace(step_cfg, rois=args.rois, proposals=args.proposals),
+        "pool": replace(step_cfg, rois=args.rois),
     }
     print(
         f"balancedet bench detector: RetinaNet (P3-P7) and Faster R-CNN (P2-P6), ResNet-{args.depth} ({args.norm}) "
@@ -455,7 +528,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = configs[stage]
         results = run_stage(stage, cfg, args.repeat, args.warmup, args.memory)
         print(format_stage(stage, cfg, results))
-        print(summary(stage, results) + "\n", flush=True)
+        difference = pool_difference(cfg) if stage == "pool" else None
+        print(summary(stage, results, difference) + "\n", flush=True)
     return 0
 
 

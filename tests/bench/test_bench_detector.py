@@ -64,3 +64,20 @@ def test_main_prints_the_table(capsys):
     out = capsys.readouterr().out
     for word in ("balancedet RetinaNet", "torchvision RetinaNet", "images/s", "loss stage", "speed-up"):
         assert word in out
+
+
+def test_the_pool_round_times_both_roialigns_on_one_problem_and_reports_their_difference():
+    cfg = bench_detector.Config(**{**TINY.__dict__, "batch": 2, "rois": 40})
+    results = bench_detector.run_stage("pool", cfg, repeat=1, warmup=1, memory="inline")
+    assert [r.kind for r in results] == list(bench_detector.KINDS)
+    assert all(r.seconds > 0 and r.peak_bytes > 0 and r.params == 0 for r in results)
+    values, grads = bench_detector.pool_difference(cfg)
+    assert 0 <= values < 1e-5 and 0 <= grads < 1e-5
+    # the problem reaches every level pooled from, and pools 40 RoIs an image
+    levels, boxes, size = bench_detector.pool_problem(cfg)
+    assert [lv.shape[-2:] for lv in levels] == [(16, 24), (8, 12), (4, 6), (2, 3)] and size == (64, 96)
+    assert [b.shape for b in boxes] == [(40, 4)] * 2
+    line = bench_detector.summary("pool", results, (values, grads))
+    assert "pool: speed-up" in line and "largest difference from torchvision's" in line
+    table = bench_detector.format_stage("pool", cfg, results)
+    assert all(name in table for name in bench_detector.POOL_NAMES.values())

@@ -37,7 +37,9 @@ def test_level_of_a_roi_follows_fpn_eq_1(side):
     k = min(max(math.floor(4 + math.log2(math.sqrt(side * side / 2) / 224)), 2), 5)
     pooled = head.pool(levels, [torch.tensor([box])], (1024, 1024))
     expected = roi_align(levels[k - 2], [torch.tensor([box])], 7, spatial_scale=2.0**-k, sampling_ratio=2)
-    torch.testing.assert_close(pooled, expected, rtol=0, atol=0)
+    # the sparse products sum in another order than torchvision's loop (float32 rounding); another level's
+    # features differ by O(1)
+    torch.testing.assert_close(pooled, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_level_boundaries_by_hand():
@@ -132,7 +134,7 @@ def test_the_papers_settings():
     assert criterion.coder.stds == (0.1, 0.1, 0.2, 0.2) and criterion.add_gt_as_proposals
     head = RoIHead(BoxHead(8, NUM_CLASSES), criterion)
     assert (head.score_thresh, head.nms_iou, head.max_detections, head.num_levels) == (0.05, 0.5, 100, 4)
-    assert head.pooler.output_size == (7, 7) and head.pooler.sampling_ratio == 2
+    assert head.pooler.output_size == 7 and head.pooler.sampling_ratio == 2 and head.pooler.kernel == "auto"
 
 
 # ---- samplers ----------------------------------------------------------------------------------------------------

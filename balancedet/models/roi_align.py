@@ -1,0 +1,260 @@
+"""Multi-scale RoIAlign over an FPN, as one sparse matrix product on the CPU.
+
+RoIAlign (He et al., "Mask R-CNN", ICCV 2017, arXiv 1703.06870, sec. 3): a RoI's ``S x S`` bins each average
+``g x g`` regularly spaced samples, each sample a bilinear interpolation of the four feature cells around
+it. The RoI is pooled from the pyramid level of eq. 1 of the FPN paper (Lin et al., CVPR 2017,
+arXiv 1612.03144), ``k = floor(k0 + log2(sqrt(wh) / 224))``, ``k0 = 4``, clamped to the levels present.
+
+Every output value is therefore a fixed linear combination of at most ``4 g^2`` feature cells, with weights
+that depend on the RoI only. Over a batch, the pooled features are one sparse matrix ``A`` (a row per RoI
+and bin, ``4 g^2`` entries per row) times the pyramid laid out as a matrix ``F`` (a row per image, level and
+cell, a column per channel): ``pooled = A F``, and the gradient reaching the pyramid is ``A^T dpooled``.
+``torchvision.ops.roi_align``'s CPU kernels walk RoIs, channels and samples in one thread, and its backward
+scatters into the NCHW gradient one value at a time: in a Faster R-CNN training step (4 images of
+256 x 256, 2048 RoIs of 256 channels) they took about 2.1 s of a 5 s step on two cores. The two sparse
+products run on every core with contiguous channel rows; ``balancedet bench detector --stages pool``
+measures both on that problem.
+
+The weights follow torchvision's kernel rule for rule (``aligned=False``, the Detectron convention the FPN
+configs use): a RoI's box is scaled by the level's ``1 / stride`` and is at least 1 x 1 cell; the sample
+``(iy, ix)`` of bin ``(ph, pw)`` is at ``y = y1 + ph * bin_h + (iy + 0.5) * bin_h / g``; a sample more than
+one cell outside the map contributes 0; one inside is clamped to ``[0, H - 1]``, and the bin averages its
+``g^2`` samples. ``tests/models/test_roi_align.py`` checks values and gradients against torchvision's kernel
+and against a float64 brute-force reference of the paper's definition.
+
+Nothing of size ``A`` is kept for the backward: it is rebuilt there from the RoIs (as torchvision's kernel
+recomputes its weights), so the step's peak memory does not grow with it. RoIs are processed in chunks, so
+the transient layouts (``A``'s entries, the ``(RoI, bin, channel)`` products) stay small.
+
+Off the CPU, for a ``sampling_ratio <= 0`` (torchvision's adaptive grid) or a dtype other than float32 and
+float64, ``MultiLevelRoIAlign`` falls back to ``torchvision.ops.MultiScaleRoIAlign``, whose result it
+equals.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import MultiScaleRoIAlign
+
+#: FPN eq. 1's canonical RoI side and level, and torchvision's ``LevelMapper`` eps (a 224-px RoI stays on P4)
+CANONICAL_SIZE = 224.0
+CANONICAL_LEVEL = 4
+LEVEL_EPS = 1e-6
+#: RoIs a chunk of the sparse products holds: 256 RoIs x 49 bins x 16 entries is 200k entries
+CHUNK_ROIS = 256
+KERNELS = ("auto", "sparse", "torchvision")
+
+
+def level_scale(feature_size: int, input_size: int) -> float:
+    """A level's ``1 / stride``: the ratio of its size to the input's, rounded to a power of 2 (as
+    torchvision's ``MultiScaleRoIAlign`` infers it from the padded batch)."""
+    return 2.0 ** round(math.log2(feature_size / input_size))
+
+
+def fpn_levels(boxes: Tensor, k_min: int, k_max: int) -> Tensor:
+    """Eq. 1 of the FPN paper: each box's level index ``k - k_min``, ``k = floor(4 + log2(sqrt(wh) / 224))``
+    clamped to ``[k_min, k_max]``."""
+    side = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sqrt()
+    k = torch.floor(CANONICAL_LEVEL + torch.log2(side / CANONICAL_SIZE) + LEVEL_EPS)
+    return (k.clamp(k_min, k_max) - k_min).to(torch.int64)
+
+
+def _axis_weights(start: Tensor, length: Tensor, size: Tensor, bins: int, grid: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Along one axis, for ``R`` RoIs: the low and high cell of every sample ``(R, bins, grid)`` and their
+    weights ``(R, bins, grid, 2)`` (0 for a sample more than a cell outside), torchvision's rule."""
+    dtype = start.dtype
+    bin_len = length / bins
+    offsets = torch.arange(bins, dtype=dtype, device=start.device)
+    samples = torch.arange(grid, dtype=dtype, device=start.device) + 0.5
+    # torchvision's order of operations: y1 + ph * bin + ((iy + .5) * bin) / g
+    pos = (
+        start[:, None, None]
+        + offsets[None, :, None] * bin_len[:, None, None]
+        + samples[None, None, :] * bin_len[:, None, None] / grid
+    )
+    extent = size[:, None, None].to(dtype)
+    inside = (pos >= -1.0) & (pos <= extent)
+    pos = pos.clamp(min=0)
+    low = pos.to(torch.int64)  # pos >= 0: truncation is the floor
+    top = size[:, None, None] - 1
+    at_edge = low >= top
+    low = torch.where(at_edge, top, low)
+    high = torch.where(at_edge, top, low + 1)
+    pos = torch.where(at_edge, low.to(dtype), pos)
+    frac = pos - low.to(dtype)
+    weights = torch.stack((1 - frac, frac), dim=-1) * inside[..., None].to(dtype)
+    return low, high, weights
+
+
+def sparse_weights(
+    rois: Tensor, columns: Tensor, heights: Tensor, widths: Tensor, scales: Tensor, size: int, grid: int
+) -> tuple[Tensor, Tensor]:
+    """The rows of ``A`` for ``R`` RoIs: ``(columns, values)``, each ``(R * size * size, 4 * grid^2)``.
+
+    ``rois (R, 4)`` in input pixels, each RoI's level ``heights``, ``widths``, ``scales (R,)`` and the row of
+    ``F`` where its image's cells start on that level, ``columns (R,)``. A row's entries are its bin's samples
+    and their four corners, each weighted by the bilinear weight over ``grid^2``; entries may share a column
+    (a sample clamped to the map's edge), and the product sums them.
+    """
+    boxes = rois * scales[:, None]
+    x1, y1 = boxes[:, 0], boxes[:, 1]
+    roi_w = (boxes[:, 2] - x1).clamp(min=1.0)
+    roi_h = (boxes[:, 3] - y1).clamp(min=1.0)
+    y_low, y_high, wy = _axis_weights(y1, roi_h, heights, size, grid)
+    x_low, x_high, wx = _axis_weights(x1, roi_w, widths, size, grid)
+    r = rois.shape[0]
+    # (R, ph, iy, corner_y) x (R, pw, ix, corner_x) -> (R, ph, pw, iy, ix, corner_y, corner_x)
+    ys = torch.stack((y_low, y_high), dim=-1)[:, :, None, :, None, :, None]
+    xs = torch.stack((x_low, x_high), dim=-1)[:, None, :, None, :, None, :]
+    cols = columns[:, None, None, None, None, None, None] + ys * widths[:, None, None, None, None, None, None] + xs
+    values = wy[:, :, None, :, None, :, None] * wx[:, None, :, None, :, None, :] / (grid * grid)
+    entries = 4 * grid * grid
+    return cols.reshape(r * size * size, entries), values.reshape(r * size * size, entries)
+
+
+class _SparseRoIAlign(torch.autograd.Function):
+    """``pooled = A F`` and ``dF = A^T dpooled``, ``A`` built from the RoIs in both passes.
+
+    Saved for the backward: the RoIs, their level (int8) and their image's first row of ``F`` (int32), less
+    than torchvision's kernel keeps (its ``(R, 5)`` RoIs and their per-level copies)."""
+
+    @staticmethod
+    def forward(ctx, flat: Tensor, rois: Tensor, level: Tensor, start: Tensor, shapes: Tensor, size: int, grid: int):
+        ctx.save_for_backward(rois, level, start, shapes)
+        ctx.size, ctx.grid, ctx.rows = size, grid, flat.shape[0]
+        channels = flat.shape[1]
+        out = flat.new_empty((rois.shape[0], channels, size, size))
+        for chunk, (cols, values) in _chunks(rois, level, start, shapes, size, grid):
+            a = _csr(cols, values, flat.shape[0])
+            out[chunk] = (a @ flat).view(-1, size, size, channels).permute(0, 3, 1, 2)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        rois, level, start, shapes = ctx.saved_tensors
+        channels = grad.shape[1]
+        grad_flat = grad.new_zeros((ctx.rows, channels))
+        for chunk, (cols, values) in _chunks(rois, level, start, shapes, ctx.size, ctx.grid):
+            g = grad[chunk].permute(0, 2, 3, 1).reshape(-1, channels)
+            grad_flat.addmm_(_csr_transposed(cols, values, ctx.rows), g)
+        return grad_flat, None, None, None, None, None, None
+
+
+def _chunks(rois: Tensor, level: Tensor, start: Tensor, shapes: Tensor, size: int, grid: int):
+    """``(slice, (columns, values))`` of ``A``'s rows, ``CHUNK_ROIS`` RoIs at a time: ``rois (R, 4)``, their
+    ``level (R,)`` and first row of ``F`` (``start (R,)``), ``shapes (L, 3)`` each level's height, width and
+    ``1 / stride``."""
+    for first in range(0, rois.shape[0], CHUNK_ROIS):
+        chunk = slice(first, first + CHUNK_ROIS)
+        shape = shapes[level[chunk].long()]
+        heights, widths = shape[:, 0].long(), shape[:, 1].long()
+        scales = shape[:, 2].to(rois.dtype)
+        yield chunk, sparse_weights(rois[chunk], start[chunk].long(), heights, widths, scales, size, grid)
+
+
+def _csr(cols: Tensor, values: Tensor, num_columns: int) -> Tensor:
+    """``A``'s rows as a CSR matrix, ``cols.shape[1]`` entries a row."""
+    rows, per_row = cols.shape
+    crow = torch.arange(0, rows * per_row + 1, per_row, device=cols.device)
+    return _sparse_csr(crow, cols.reshape(-1), values.reshape(-1), (rows, num_columns))
+
+
+def _csr_transposed(cols: Tensor, values: Tensor, num_columns: int) -> Tensor:
+    """``A^T`` of those rows as a CSR matrix: its entries sorted by column (stably, so the sums run in one
+    order every time and the gradient is deterministic)."""
+    rows, per_row = cols.shape
+    flat_cols = cols.reshape(-1)
+    order = torch.sort(flat_cols, stable=True).indices
+    counts = torch.bincount(flat_cols, minlength=num_columns)
+    crow = torch.zeros(num_columns + 1, dtype=torch.int64, device=cols.device)
+    torch.cumsum(counts, 0, out=crow[1:])
+    row_of = torch.div(order, per_row, rounding_mode="floor")
+    return _sparse_csr(crow, row_of, values.reshape(-1)[order], (num_columns, rows))
+
+
+def _sparse_csr(crow: Tensor, cols: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    # PyTorch warns on a process's first CSR tensor that CSR support is "beta"; the two products used here
+    # are tested against torchvision's kernel (tests/models/test_roi_align.py), so a user need not see it
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
+
+
+class MultiLevelRoIAlign(nn.Module):
+    """RoIAlign of each image's boxes from its FPN level (eq. 1), ``(sum_i N_i, C, size, size)``.
+
+    Args:
+        num_levels: pyramid levels pooled from, the finest first (4: P2-P5).
+        output_size: ``S``, the bins per side (7).
+        sampling_ratio: samples per bin side (2, Detectron's FPN setting); ``<= 0`` is torchvision's
+            adaptive grid, served by torchvision's kernel.
+        kernel: ``"auto"`` (the sparse products on the CPU for float32 and float64, torchvision's kernel
+            otherwise), ``"sparse"`` or ``"torchvision"``.
+
+    ``forward(levels, boxes, input_size)``: ``levels`` the pyramid's first ``num_levels`` maps of the
+    padded ``(B, 3, H, W)`` batch, ``boxes`` one ``(N_i, 4)`` tensor of ``(x1, y1, x2, y2)`` per image in
+    input pixels, ``input_size = (H, W)``. Gradients reach the levels, not the boxes (as torchvision's).
+    """
+
+    def __init__(self, num_levels: int = 4, output_size: int = 7, sampling_ratio: int = 2, kernel: str = "auto"):
+        super().__init__()
+        if kernel not in KERNELS:
+            raise ValueError(f"MultiLevelRoIAlign: kernel must be one of {KERNELS}, got {kernel!r}")
+        if kernel == "sparse" and sampling_ratio <= 0:
+            raise ValueError("MultiLevelRoIAlign: the sparse kernel needs sampling_ratio >= 1 (a fixed grid)")
+        if num_levels < 1 or output_size < 1:
+            raise ValueError(f"MultiLevelRoIAlign: need num_levels, output_size >= 1; got {num_levels}, {output_size}")
+        self.num_levels, self.output_size, self.sampling_ratio, self.kernel = (
+            num_levels,
+            output_size,
+            sampling_ratio,
+            kernel,
+        )
+        self.names = [f"p{k}" for k in range(num_levels)]
+        self.torchvision = MultiScaleRoIAlign(self.names, output_size, sampling_ratio)
+
+    def uses_sparse(self, feature: Tensor) -> bool:
+        if self.kernel != "auto":
+            return self.kernel == "sparse"
+        return (
+            feature.device.type == "cpu" and self.sampling_ratio > 0 and feature.dtype in (torch.float32, torch.float64)
+        )
+
+    def forward(self, levels: Sequence[Tensor], boxes: Sequence[Tensor], input_size: tuple[int, int]) -> Tensor:
+        if len(levels) != self.num_levels:
+            raise ValueError(f"MultiLevelRoIAlign: {len(levels)} pyramid levels for {self.num_levels}")
+        shape = (int(input_size[0]), int(input_size[1]))
+        if not self.uses_sparse(levels[0]):
+            return self.torchvision(dict(zip(self.names, levels, strict=True)), list(boxes), [shape] * len(boxes))
+        return self.sparse(levels, boxes, shape)
+
+    def sparse(self, levels: Sequence[Tensor], boxes: Sequence[Tensor], input_size: tuple[int, int]) -> Tensor:
+        first = levels[0]
+        batch, channels = first.shape[:2]
+        if len(boxes) != batch:
+            raise ValueError(f"MultiLevelRoIAlign: {len(boxes)} box sets for a batch of {batch}")
+        scales = [level_scale(level.shape[-2], input_size[0]) for level in levels]
+        k_min, k_max = round(-math.log2(scales[0])), round(-math.log2(scales[-1]))
+        device, dtype = first.device, first.dtype
+        counts = torch.tensor([b.shape[0] for b in boxes], device=device)
+        rois = torch.cat([b.to(dtype) for b in boxes]) if boxes else first.new_zeros((0, 4))
+        image = torch.arange(batch, device=device).repeat_interleave(counts)
+        level = fpn_levels(rois, k_min, k_max)
+        heights = torch.tensor([lv.shape[-2] for lv in levels], device=device)
+        widths = torch.tensor([lv.shape[-1] for lv in levels], device=device)
+        cells = heights * widths
+        starts = torch.cumsum(batch * cells, 0) - batch * cells
+        start = (starts[level] + image * cells[level]).to(torch.int32)
+        shapes = torch.stack(
+            (heights.double(), widths.double(), torch.tensor(scales, device=device, dtype=torch.float64)), 1
+        )
+        # the pyramid as F: a row per (level, image, cell), its channels contiguous
+        flat = torch.cat([lv.permute(0, 2, 3, 1).reshape(-1, channels) for lv in levels])
+        return _SparseRoIAlign.apply(
+            flat, rois, level.to(torch.int8), start, shapes, self.output_size, self.sampling_ratio
+        )
