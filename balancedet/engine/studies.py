@@ -31,7 +31,9 @@ run, the warm-up at most a quarter of it (the presets' 100 steps otherwise), one
 Sizing, for "one study in about an hour on the 2-core CPU", from the step times the project measured on
 an idle 2-core AVX-512 EPYC (16 images of 128 px, two threads): ``retinanet_digits`` 0.47 s a step
 (``balancedet.engine.train.memory_format``), ``faster_rcnn_digits`` 696 steps in 826 s wall, evaluation
-and data included (its preset's header, 1.19 s a step all told); ``gfl_digits`` at 1.1 x RetinaNet's step
+and data included (1.19 s a step all told, before its RoIAlign became the sparse products of
+``balancedet.models.roi_align``: 975 steps in 824 s since, 0.85 s a step, so that the libra study now
+takes about 45 minutes); ``gfl_digits`` at 1.1 x RetinaNet's step
 (measured below), and about 10 s a run for the data, the final evaluation and its plots:
 
 =======  =====  ==========  ======  ======================================  =============

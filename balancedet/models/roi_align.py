@@ -1,4 +1,4 @@
-"""Multi-scale RoIAlign over an FPN, as one sparse matrix product on the CPU.
+"""Multi-scale RoIAlign over an FPN, as sparse matrix products on the CPU.
 
 RoIAlign (He et al., "Mask R-CNN", ICCV 2017, arXiv 1703.06870, sec. 3): a RoI's ``S x S`` bins each average
 ``g x g`` regularly spaced samples, each sample a bilinear interpolation of the four feature cells around
@@ -6,9 +6,9 @@ it. The RoI is pooled from the pyramid level of eq. 1 of the FPN paper (Lin et a
 arXiv 1612.03144), ``k = floor(k0 + log2(sqrt(wh) / 224))``, ``k0 = 4``, clamped to the levels present.
 
 Every output value is therefore a fixed linear combination of at most ``4 g^2`` feature cells, with weights
-that depend on the RoI only. Over a batch, the pooled features are one sparse matrix ``A`` (a row per RoI
-and bin, ``4 g^2`` entries per row) times the pyramid laid out as a matrix ``F`` (a row per image, level and
-cell, a column per channel): ``pooled = A F``, and the gradient reaching the pyramid is ``A^T dpooled``.
+that depend on the RoI only. The RoIs that pool from one image's map on one level are one sparse matrix
+``A`` (a row per RoI and bin, ``4 g^2`` entries per row) times that map laid out as a matrix ``F`` (a row per
+cell, a column per channel): ``pooled = A F``, and the gradient reaching the map is ``A^T dpooled``.
 ``torchvision.ops.roi_align``'s CPU kernels walk RoIs, channels and samples in one thread, and its backward
 scatters into the NCHW gradient one value at a time: in a Faster R-CNN training step (4 images of
 256 x 256, 2048 RoIs of 256 channels) they took about 2.1 s of a 5 s step on two cores. The two sparse
@@ -24,7 +24,13 @@ and against a float64 brute-force reference of the paper's definition.
 
 Nothing of size ``A`` is kept for the backward: it is rebuilt there from the RoIs (as torchvision's kernel
 recomputes its weights), so the step's peak memory does not grow with it. RoIs are processed in chunks, so
-the transient layouts (``A``'s entries, the ``(RoI, bin, channel)`` products) stay small.
+the transient layouts (``A``'s entries, the ``(RoI, bin, channel)`` products) stay small, and one map at a
+time: ``F`` is a view of an NHWC map (the trainer's ``train.channels_last``), a copy of that one map of an
+NCHW one, never of the whole pyramid. In the backward the groups run level by level, finest first, and a
+level's gradient is allocated when its first group comes: an NHWC one is written in place, an NCHW one
+through one map's ``(H * W, C)`` block. A first version laid the whole pyramid out as one ``F`` and kept the
+step's peak below torchvision's at 4 images of 256 px but 11 MB above it at 2 of 512 px (NCHW); this one is
+below at both (``peak_in_subprocess`` of ``balancedet bench detector``, figures in the README).
 
 Off the CPU, for a ``sampling_ratio <= 0`` (torchvision's adaptive grid) or a dtype other than float32 and
 float64, ``MultiLevelRoIAlign`` falls back to ``torchvision.ops.MultiScaleRoIAlign``, whose result it
@@ -64,9 +70,10 @@ def fpn_levels(boxes: Tensor, k_min: int, k_max: int) -> Tensor:
     return (k.clamp(k_min, k_max) - k_min).to(torch.int64)
 
 
-def _axis_weights(start: Tensor, length: Tensor, size: Tensor, bins: int, grid: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Along one axis, for ``R`` RoIs: the low and high cell of every sample ``(R, bins, grid)`` and their
-    weights ``(R, bins, grid, 2)`` (0 for a sample more than a cell outside), torchvision's rule."""
+def _axis_weights(start: Tensor, length: Tensor, size: int, bins: int, grid: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Along one axis of a map ``size`` cells long, for ``R`` RoIs: the low and high cell of every sample
+    ``(R, bins, grid)`` and their weights ``(R, bins, grid, 2)`` (0 for a sample more than a cell outside),
+    torchvision's rule."""
     dtype = start.dtype
     bin_len = length / bins
     offsets = torch.arange(bins, dtype=dtype, device=start.device)
@@ -77,84 +84,131 @@ def _axis_weights(start: Tensor, length: Tensor, size: Tensor, bins: int, grid: 
         + offsets[None, :, None] * bin_len[:, None, None]
         + samples[None, None, :] * bin_len[:, None, None] / grid
     )
-    extent = size[:, None, None].to(dtype)
-    inside = (pos >= -1.0) & (pos <= extent)
+    inside = (pos >= -1.0) & (pos <= size)
     pos = pos.clamp(min=0)
     low = pos.to(torch.int64)  # pos >= 0: truncation is the floor
-    top = size[:, None, None] - 1
-    at_edge = low >= top
-    low = torch.where(at_edge, top, low)
-    high = torch.where(at_edge, top, low + 1)
+    at_edge = low >= size - 1
+    low = low.clamp(max=size - 1)
+    high = torch.where(at_edge, low, low + 1)
     pos = torch.where(at_edge, low.to(dtype), pos)
     frac = pos - low.to(dtype)
     weights = torch.stack((1 - frac, frac), dim=-1) * inside[..., None].to(dtype)
     return low, high, weights
 
 
-def sparse_weights(
-    rois: Tensor, columns: Tensor, heights: Tensor, widths: Tensor, scales: Tensor, size: int, grid: int
-) -> tuple[Tensor, Tensor]:
-    """The rows of ``A`` for ``R`` RoIs: ``(columns, values)``, each ``(R * size * size, 4 * grid^2)``.
+def sparse_weights(rois: Tensor, height: int, width: int, scale: float, size: int, grid: int) -> tuple[Tensor, Tensor]:
+    """The rows of ``A`` for ``R`` RoIs pooled from one ``height x width`` map of ``1 / stride = scale``:
+    ``(columns, values)``, each ``(R * size * size, 4 * grid^2)``, a column ``y * width + x``.
 
-    ``rois (R, 4)`` in input pixels, each RoI's level ``heights``, ``widths``, ``scales (R,)`` and the row of
-    ``F`` where its image's cells start on that level, ``columns (R,)``. A row's entries are its bin's samples
-    and their four corners, each weighted by the bilinear weight over ``grid^2``; entries may share a column
-    (a sample clamped to the map's edge), and the product sums them.
+    ``rois (R, 4)`` in input pixels. A row's entries are its bin's samples and their four corners, each
+    weighted by the bilinear weight over ``grid^2``; entries may share a column (a sample clamped to the
+    map's edge), and the product sums them.
     """
-    boxes = rois * scales[:, None]
+    boxes = rois * scale
     x1, y1 = boxes[:, 0], boxes[:, 1]
     roi_w = (boxes[:, 2] - x1).clamp(min=1.0)
     roi_h = (boxes[:, 3] - y1).clamp(min=1.0)
-    y_low, y_high, wy = _axis_weights(y1, roi_h, heights, size, grid)
-    x_low, x_high, wx = _axis_weights(x1, roi_w, widths, size, grid)
+    y_low, y_high, wy = _axis_weights(y1, roi_h, height, size, grid)
+    x_low, x_high, wx = _axis_weights(x1, roi_w, width, size, grid)
     r = rois.shape[0]
     # (R, ph, iy, corner_y) x (R, pw, ix, corner_x) -> (R, ph, pw, iy, ix, corner_y, corner_x)
     ys = torch.stack((y_low, y_high), dim=-1)[:, :, None, :, None, :, None]
     xs = torch.stack((x_low, x_high), dim=-1)[:, None, :, None, :, None, :]
-    cols = columns[:, None, None, None, None, None, None] + ys * widths[:, None, None, None, None, None, None] + xs
+    cols = ys * width + xs
     values = wy[:, :, None, :, None, :, None] * wx[:, None, :, None, :, None, :] / (grid * grid)
     entries = 4 * grid * grid
     return cols.reshape(r * size * size, entries), values.reshape(r * size * size, entries)
 
 
 class _SparseRoIAlign(torch.autograd.Function):
-    """``pooled = A F`` and ``dF = A^T dpooled``, ``A`` built from the RoIs in both passes.
+    """``pooled = A F`` and ``dF = A^T dpooled``, one block of ``F`` (one image on one level) at a time,
+    ``A`` built from the RoIs in both passes.
 
-    Saved for the backward: the RoIs, their level (int8) and their image's first row of ``F`` (int32), less
-    than torchvision's kernel keeps (its ``(R, 5)`` RoIs and their per-level copies)."""
+    ``groups`` lists ``(level, image, first, count)``: the RoIs ``order[first:first + count]`` pool from that
+    image's map on that level. Saved for the backward: the RoIs and ``order`` (int32); a block's layout
+    ``(H * W, C)`` is a view of an NHWC map, one copy of that one map otherwise, and lives while its RoIs
+    are pooled."""
 
     @staticmethod
-    def forward(ctx, flat: Tensor, rois: Tensor, level: Tensor, start: Tensor, shapes: Tensor, size: int, grid: int):
-        ctx.save_for_backward(rois, level, start, shapes)
-        ctx.size, ctx.grid, ctx.rows = size, grid, flat.shape[0]
-        channels = flat.shape[1]
-        out = flat.new_empty((rois.shape[0], channels, size, size))
-        for chunk, (cols, values) in _chunks(rois, level, start, shapes, size, grid):
-            a = _csr(cols, values, flat.shape[0])
-            out[chunk] = (a @ flat).view(-1, size, size, channels).permute(0, 3, 1, 2)
+    def forward(ctx, rois: Tensor, order: Tensor, groups: list, scales: list, size: int, grid: int, *levels: Tensor):
+        ctx.save_for_backward(rois, order)
+        ctx.groups, ctx.scales, ctx.size, ctx.grid = groups, scales, size, grid
+        ctx.layouts = [(lv.shape, lv.stride(), lv.dtype, lv.device) for lv in levels]
+        channels = levels[0].shape[1]
+        out = levels[0].new_empty((rois.shape[0], channels, size, size))
+        for level, image, first, count in groups:
+            feature = levels[level][image]
+            _, height, width = feature.shape
+            block = feature.permute(1, 2, 0).reshape(height * width, channels)
+            for idx, (cols, values) in _chunks(rois, order, first, count, height, width, scales[level], size, grid):
+                pooled = _csr(cols, values, height * width) @ block
+                out.index_copy_(0, idx, pooled.view(-1, size, size, channels).permute(0, 3, 1, 2))
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
-        rois, level, start, shapes = ctx.saved_tensors
-        channels = grad.shape[1]
-        grad_flat = grad.new_zeros((ctx.rows, channels))
-        for chunk, (cols, values) in _chunks(rois, level, start, shapes, ctx.size, ctx.grid):
-            g = grad[chunk].permute(0, 2, 3, 1).reshape(-1, channels)
-            grad_flat.addmm_(_csr_transposed(cols, values, ctx.rows), g)
-        return grad_flat, None, None, None, None, None, None
+        rois, order = ctx.saved_tensors
+        size, grid, channels = ctx.size, ctx.grid, grad.shape[1]
+        # each level's gradient in its input's layout (NCHW or NHWC), zero where no RoI pooled, allocated
+        # when its first group comes (the groups run level by level, so the transients of the finest level's
+        # groups do not meet the coarser levels' gradients); None for a level that needs none
+        needs = ctx.needs_input_grad[6:]
+        grads: list[Tensor | None] = [None] * len(ctx.layouts)
+        for level, image, first, count in ctx.groups:
+            if not needs[level]:
+                continue
+            shape, stride, dtype, device = ctx.layouts[level]
+            if grads[level] is None:
+                grads[level] = torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_()
+            height, width = shape[-2:]
+            # an NHWC map's gradient is written in place; an NCHW one through one map's (H * W, C) block
+            cells = grads[level][image].permute(1, 2, 0)
+            block = cells.view(height * width, channels) if cells.is_contiguous() else grad.new_zeros(cells.shape)
+            block = block.view(height * width, channels)
+            _accumulate(block, grad, rois, order, first, count, height, width, ctx.scales[level], size, grid)
+            if not cells.is_contiguous():
+                cells.copy_(block.view(height, width, channels))
+            del block, cells  # freed before the next group's block is allocated
+        grads = [
+            g
+            if g is not None or not need
+            else torch.empty_strided(*layout[:2], dtype=layout[2], device=layout[3]).zero_()
+            for g, need, layout in zip(grads, needs, ctx.layouts, strict=True)
+        ]
+        return (None, None, None, None, None, None, *grads)
 
 
-def _chunks(rois: Tensor, level: Tensor, start: Tensor, shapes: Tensor, size: int, grid: int):
-    """``(slice, (columns, values))`` of ``A``'s rows, ``CHUNK_ROIS`` RoIs at a time: ``rois (R, 4)``, their
-    ``level (R,)`` and first row of ``F`` (``start (R,)``), ``shapes (L, 3)`` each level's height, width and
-    ``1 / stride``."""
-    for first in range(0, rois.shape[0], CHUNK_ROIS):
-        chunk = slice(first, first + CHUNK_ROIS)
-        shape = shapes[level[chunk].long()]
-        heights, widths = shape[:, 0].long(), shape[:, 1].long()
-        scales = shape[:, 2].to(rois.dtype)
-        yield chunk, sparse_weights(rois[chunk], start[chunk].long(), heights, widths, scales, size, grid)
+def _accumulate(
+    block: Tensor,
+    grad: Tensor,
+    rois: Tensor,
+    order: Tensor,
+    first: int,
+    count: int,
+    height: int,
+    width: int,
+    scale: float,
+    size: int,
+    grid: int,
+) -> None:
+    """``block (H * W, C) += A^T dpooled`` for one group's RoIs, a chunk at a time (a function of its own so
+    that the last chunk's buffers are freed before the next group's block is allocated)."""
+    channels = grad.shape[1]
+    for idx, (cols, values) in _chunks(rois, order, first, count, height, width, scale, size, grid):
+        # gathered straight into the (RoI, bin, channel) layout: one copy of the chunk
+        g = grad.new_empty((idx.shape[0], size, size, channels))
+        torch.index_select(grad.permute(0, 2, 3, 1), 0, idx, out=g)
+        block.addmm_(_csr_transposed(cols, values, height * width), g.view(-1, channels))
+
+
+def _chunks(
+    rois: Tensor, order: Tensor, first: int, count: int, height: int, width: int, scale: float, size: int, grid: int
+):
+    """``(indices, (columns, values))`` of ``A``'s rows for the RoIs ``order[first:first + count]``, which
+    pool from one ``height x width`` map, ``CHUNK_ROIS`` RoIs at a time."""
+    for start in range(first, first + count, CHUNK_ROIS):
+        idx = order[start : min(start + CHUNK_ROIS, first + count)].long()
+        yield idx, sparse_weights(rois[idx], height, width, scale, size, grid)
 
 
 def _csr(cols: Tensor, values: Tensor, num_columns: int) -> Tensor:
@@ -235,7 +289,7 @@ class MultiLevelRoIAlign(nn.Module):
 
     def sparse(self, levels: Sequence[Tensor], boxes: Sequence[Tensor], input_size: tuple[int, int]) -> Tensor:
         first = levels[0]
-        batch, channels = first.shape[:2]
+        batch = first.shape[0]
         if len(boxes) != batch:
             raise ValueError(f"MultiLevelRoIAlign: {len(boxes)} box sets for a batch of {batch}")
         scales = [level_scale(level.shape[-2], input_size[0]) for level in levels]
@@ -244,17 +298,14 @@ class MultiLevelRoIAlign(nn.Module):
         counts = torch.tensor([b.shape[0] for b in boxes], device=device)
         rois = torch.cat([b.to(dtype) for b in boxes]) if boxes else first.new_zeros((0, 4))
         image = torch.arange(batch, device=device).repeat_interleave(counts)
-        level = fpn_levels(rois, k_min, k_max)
-        heights = torch.tensor([lv.shape[-2] for lv in levels], device=device)
-        widths = torch.tensor([lv.shape[-1] for lv in levels], device=device)
-        cells = heights * widths
-        starts = torch.cumsum(batch * cells, 0) - batch * cells
-        start = (starts[level] + image * cells[level]).to(torch.int32)
-        shapes = torch.stack(
-            (heights.double(), widths.double(), torch.tensor(scales, device=device, dtype=torch.float64)), 1
-        )
-        # the pyramid as F: a row per (level, image, cell), its channels contiguous
-        flat = torch.cat([lv.permute(0, 2, 3, 1).reshape(-1, channels) for lv in levels])
+        # the RoIs grouped by (level, image), in their order within a group
+        key = fpn_levels(rois, k_min, k_max) * batch + image
+        order = torch.sort(key, stable=True).indices
+        keys, sizes = torch.unique_consecutive(key[order], return_counts=True)
+        groups, start = [], 0
+        for k, n in zip(keys.tolist(), sizes.tolist(), strict=True):
+            groups.append((k // batch, k % batch, start, n))
+            start += n
         return _SparseRoIAlign.apply(
-            flat, rois, level.to(torch.int8), start, shapes, self.output_size, self.sampling_ratio
+            rois, order.to(torch.int32), groups, scales, self.output_size, self.sampling_ratio, *levels
         )

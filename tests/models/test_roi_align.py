@@ -116,6 +116,32 @@ def test_values_and_gradients_equal_torchvision_multiscale_roialign():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "frozen_finest"])
+def test_nhwc_maps_and_levels_without_gradient(layout):
+    # NHWC maps (the trainer's channels_last) are pooled and get their gradient in place, in their layout;
+    # a level that needs no gradient gets none
+    levels = pyramid(2, 8, 128, 160, seed=15)
+    boxes = [random_boxes(150, 128, 160, seed=16, max_side=300), random_boxes(90, 128, 160, 17, 300)]
+    grad = torch.randn((240, 8, 7, 7), generator=torch.Generator().manual_seed(18))
+    results = []
+    for pool in (MultiLevelRoIAlign(4, 7, 2, kernel="sparse"), torchvision_pool):
+        inputs = [lv.clone() for lv in levels]
+        if layout == "channels_last":
+            inputs = [lv.contiguous(memory_format=torch.channels_last) for lv in inputs]
+        for k, lv in enumerate(inputs):
+            lv.requires_grad_(layout != "frozen_finest" or k > 0)
+        pool(inputs, boxes, (128, 160)).backward(grad)
+        results.append([lv.grad for lv in inputs])
+    ours, theirs = results
+    for k, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        if layout == "frozen_finest" and k == 0:
+            assert a is None and b is None
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        if layout == "channels_last":
+            assert a.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_gradcheck_float64():
     levels = [lv.requires_grad_() for lv in pyramid(2, 2, 32, 40, dtype=torch.float64, seed=7)]
     boxes = [random_boxes(3, 32, 40, seed=8, max_side=60).double(), random_boxes(2, 32, 40, 9, 60).double()]
