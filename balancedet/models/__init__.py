@@ -20,6 +20,7 @@ from balancedet.models.postprocess import detections_from_levels
 from balancedet.models.priors import DeltaCoding, DistributionCoding, PriorGenerator, Priors, distribution_expectation
 from balancedet.models.pyramid import FeaturePyramid, build_pyramid
 from balancedet.models.retinanet import RetinaNet, RetinaNetCriterion
+from balancedet.models.roi_align import MultiLevelRoIAlign
 from balancedet.models.roi_head import ROI_SMOOTH_L1_BETA, ROI_STDS, BoxHead, FastRCNNCriterion, RoIHead, RoITargets
 from balancedet.models.rpn import RPN, RPN_RATIOS, RPN_SIZES, RPN_SMOOTH_L1_BETA, RPN_STRIDES, RPNCriterion, RPNHead
 
@@ -52,6 +53,7 @@ __all__ = [
     "FasterRCNN",
     "FeaturePyramid",
     "GFLCriterion",
+    "MultiLevelRoIAlign",
     "NonLocal2d",
     "PositiveNormalizer",
     "PriorGenerator",
