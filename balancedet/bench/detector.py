@@ -279,34 +279,34 @@ def pool_problem(cfg: Config) -> tuple[list[Tensor], list[Tensor], tuple[int, in
     return levels, boxes, (cfg.height, cfg.width)
 
 
-def pool_outputs(model: nn.Module, cfg: Config) -> tuple[Tensor, list[Tensor]]:
-    """The pooled features of the pool stage's problem and the pyramid's gradient under a fixed upstream one."""
+def pool_upstream(cfg: Config) -> Tensor:
+    """The fixed gradient the pool stage sends back through the pooled features."""
+    return torch.randn((cfg.batch * cfg.rois, POOL_CHANNELS, 7, 7), generator=torch.Generator().manual_seed(1))
+
+
+def make_pool_stage(model: nn.Module, cfg: Config) -> Callable[[], tuple[Tensor, list[Tensor]]]:
+    """RoIAlign of the pool stage's problem, forward and backward; a call returns the pooled features and
+    the pyramid's gradient."""
     levels, boxes, size = pool_problem(cfg)
-    inputs = [level.clone().requires_grad_() for level in levels]
-    pooled = model(inputs, boxes, size)
-    pooled.backward(torch.randn(pooled.shape, generator=torch.Generator().manual_seed(1)))
-    return pooled.detach(), [level.grad for level in inputs]
+    inputs = [level.requires_grad_() for level in levels]
+    grad = pool_upstream(cfg)
+
+    def stage() -> tuple[Tensor, list[Tensor]]:
+        for level in inputs:
+            level.grad = None
+        pooled = model(inputs, boxes, size)
+        pooled.backward(grad)
+        return pooled.detach(), [level.grad for level in inputs]
+
+    return stage
 
 
 def pool_difference(cfg: Config) -> tuple[float, float]:
     """The largest absolute difference between our pooled features and torchvision's, and between the
     pyramid gradients they give."""
-    (ours, our_grads), (theirs, their_grads) = (pool_outputs(build_model(k, cfg, "pool"), cfg) for k in KINDS)
+    (ours, our_grads), (theirs, their_grads) = (make_pool_stage(build_model(k, cfg, "pool"), cfg)() for k in KINDS)
     grads = max((a - b).abs().max().item() for a, b in zip(our_grads, their_grads, strict=True))
     return (ours - theirs).abs().max().item(), grads
-
-
-def make_pool_stage(model: nn.Module, cfg: Config) -> Callable[[], None]:
-    levels, boxes, size = pool_problem(cfg)
-    inputs = [level.requires_grad_() for level in levels]
-    grad = torch.randn((cfg.batch * cfg.rois, POOL_CHANNELS, 7, 7), generator=torch.Generator().manual_seed(1))
-
-    def stage() -> None:
-        for level in inputs:
-            level.grad = None
-        model(inputs, boxes, size).backward(grad)
-
-    return stage
 
 
 def build_step(kind: str, stage: str, cfg: Config) -> tuple[nn.Module, Callable[[], None]]:

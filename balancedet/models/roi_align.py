@@ -154,27 +154,27 @@ class _SparseRoIAlign(torch.autograd.Function):
         # groups do not meet the coarser levels' gradients); None for a level that needs none
         needs = ctx.needs_input_grad[6:]
         grads: list[Tensor | None] = [None] * len(ctx.layouts)
+
+        def zeros(level: int) -> Tensor:
+            shape, stride, dtype, device = ctx.layouts[level]
+            return torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_()
+
         for level, image, first, count in ctx.groups:
             if not needs[level]:
                 continue
-            shape, stride, dtype, device = ctx.layouts[level]
             if grads[level] is None:
-                grads[level] = torch.empty_strided(shape, stride, dtype=dtype, device=device).zero_()
-            height, width = shape[-2:]
+                grads[level] = zeros(level)
+            height, width = ctx.layouts[level][0][-2:]
             # an NHWC map's gradient is written in place; an NCHW one through one map's (H * W, C) block
             cells = grads[level][image].permute(1, 2, 0)
-            block = cells.view(height * width, channels) if cells.is_contiguous() else grad.new_zeros(cells.shape)
-            block = block.view(height * width, channels)
+            in_place = cells.is_contiguous()
+            block = cells.view(height * width, channels) if in_place else grad.new_zeros((height * width, channels))
             _accumulate(block, grad, rois, order, first, count, height, width, ctx.scales[level], size, grid)
-            if not cells.is_contiguous():
+            if not in_place:
                 cells.copy_(block.view(height, width, channels))
             del block, cells  # freed before the next group's block is allocated
-        grads = [
-            g
-            if g is not None or not need
-            else torch.empty_strided(*layout[:2], dtype=layout[2], device=layout[3]).zero_()
-            for g, need, layout in zip(grads, needs, ctx.layouts, strict=True)
-        ]
+        # a level that needs a gradient but had no RoI gets zeros
+        grads = [zeros(k) if g is None and need else g for k, (g, need) in enumerate(zip(grads, needs, strict=True))]
         return (None, None, None, None, None, None, *grads)
 
 
